@@ -1,0 +1,459 @@
+//! Configuration, parsed once from the environment into a typed struct.
+//!
+//! Every error names the variable and never echoes a secret value, because
+//! the message is printed as the one line a failed deployment shows.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use url::Url;
+
+use crate::secret;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("configuration error: {var} is required{hint}")]
+    Missing {
+        var: &'static str,
+        hint: &'static str,
+    },
+    #[error("configuration error: {var} {reason}")]
+    Invalid { var: &'static str, reason: String },
+}
+
+fn invalid(var: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        reason: reason.into(),
+    }
+}
+
+/// The bot token. `Debug`/`Display` are redacted so it cannot reach a log
+/// line by accident; `expose` is the one way to read it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BotToken(String);
+
+impl BotToken {
+    pub fn parse(raw: &str) -> Result<Self, ConfigError> {
+        let raw = raw.trim();
+        let (id, rest) = raw.split_once(':').ok_or_else(|| {
+            invalid(
+                "TELEGRAM_BOT_TOKEN",
+                "is not a bot token (expected <digits>:<secret> as given by @BotFather)",
+            )
+        })?;
+        let ok = !id.is_empty()
+            && id.bytes().all(|b| b.is_ascii_digit())
+            && !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(invalid(
+                "TELEGRAM_BOT_TOKEN",
+                "is not a bot token (expected <digits>:<secret> as given by @BotFather)",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The numeric bot id (the part before the colon): not secret.
+    pub fn bot_id(&self) -> &str {
+        self.0.split(':').next().unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for BotToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BotToken({}:<redacted>)", self.bot_id())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Clone)]
+pub struct Config {
+    /// `None` only when the bot is disabled.
+    pub token: Option<BotToken>,
+    pub disabled: bool,
+    /// The public webhook URL; `None` means polling mode.
+    pub webhook_url: Option<Url>,
+    pub webhook_secret: String,
+    pub drop_pending_updates: bool,
+    pub webapp_url: Option<Url>,
+    pub api_url: Url,
+    /// `None` when `REDIS_URL` is unset: the all-in-one then uses its
+    /// embedded queue; ingress and worker use [`Config::redis_url_or_default`].
+    pub redis_url: Option<String>,
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    /// Messages per second for the whole bot; 0 = unlimited.
+    pub send_rate: u32,
+    pub worker_concurrency: usize,
+    pub max_deliveries: u32,
+    pub claim_idle: Duration,
+    pub metrics_port: Option<u16>,
+    pub initdata_max_age: Duration,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("token", &self.token)
+            .field("disabled", &self.disabled)
+            .field("webhook_url", &self.webhook_url.as_ref().map(Url::as_str))
+            .field("webhook_secret", &"<redacted>")
+            .field("api_url", &self.api_url.as_str())
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hides a password in a Redis URL (`redis://user:pw@host`) for logging.
+pub fn redact_url(raw: &str) -> String {
+    match Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => raw.to_owned(),
+    }
+}
+
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const WEBHOOK_PATH: &str = "/telegram/webhook/";
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Parses from any lookup so tests need not touch the process
+    /// environment. Empty values count as unset: platforms often render an
+    /// unset variable as an empty one.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| {
+            lookup(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+
+        let disabled = parse_bool(get("DISABLE_TELEGRAM_BOT"), "DISABLE_TELEGRAM_BOT", false)?;
+        let token = match get("TELEGRAM_BOT_TOKEN") {
+            Some(raw) => Some(BotToken::parse(&raw)?),
+            None if disabled => None,
+            None => {
+                return Err(ConfigError::Missing {
+                    var: "TELEGRAM_BOT_TOKEN",
+                    hint: " (the token from @BotFather; set DISABLE_TELEGRAM_BOT=true to run without a bot)",
+                })
+            }
+        };
+
+        let railway_domain = get("RAILWAY_PUBLIC_DOMAIN");
+        if let Some(d) = &railway_domain {
+            if d.contains('/') || d.contains(':') || d.contains(' ') {
+                return Err(invalid(
+                    "RAILWAY_PUBLIC_DOMAIN",
+                    "must be a bare host name like example.up.railway.app",
+                ));
+            }
+        }
+        let webhook_url = match get("TELEGRAM_WEBHOOK_URL") {
+            Some(raw) => Some(parse_https("TELEGRAM_WEBHOOK_URL", &raw)?),
+            None => match &railway_domain {
+                Some(d) => Some(parse_https(
+                    "RAILWAY_PUBLIC_DOMAIN",
+                    &format!("https://{d}{WEBHOOK_PATH}"),
+                )?),
+                None => None,
+            },
+        };
+        let webapp_url = match get("TELEGRAM_WEBAPP_URL") {
+            Some(raw) => Some(parse_https("TELEGRAM_WEBAPP_URL", &raw)?),
+            None => match &railway_domain {
+                Some(d) => Some(parse_https(
+                    "RAILWAY_PUBLIC_DOMAIN",
+                    &format!("https://{d}/app/"),
+                )?),
+                None => None,
+            },
+        };
+
+        let webhook_secret = match get("TELEGRAM_WEBHOOK_SECRET") {
+            Some(s) if secret::is_valid_webhook_secret(&s) => s,
+            Some(_) => {
+                return Err(invalid(
+                    "TELEGRAM_WEBHOOK_SECRET",
+                    "must be 1-256 characters of A-Z, a-z, 0-9, _ and - (Telegram's rule for secret_token)",
+                ))
+            }
+            None => token
+                .as_ref()
+                .map(|t| secret::derive_webhook_secret(t.expose()))
+                .unwrap_or_default(),
+        };
+
+        let api_url = match get("TELEGRAM_API_URL") {
+            Some(raw) => {
+                let u = Url::parse(&raw)
+                    .map_err(|e| invalid("TELEGRAM_API_URL", format!("is not a URL: {e}")))?;
+                if u.scheme() != "https" && u.scheme() != "http" {
+                    return Err(invalid(
+                        "TELEGRAM_API_URL",
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+                u
+            }
+            None => Url::parse("https://api.telegram.org").expect("static url"),
+        };
+
+        let redis_url = match get("REDIS_URL") {
+            Some(raw) => {
+                let u = Url::parse(&raw).map_err(|_| {
+                    invalid("REDIS_URL", "is not a URL (expected redis://host:port)")
+                })?;
+                if !matches!(u.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+                    return Err(invalid(
+                        "REDIS_URL",
+                        "must start with redis:// (or rediss://)",
+                    ));
+                }
+                Some(raw)
+            }
+            None => None,
+        };
+
+        let host: IpAddr = match get("HOST") {
+            Some(h) => h
+                .parse()
+                .map_err(|_| invalid("HOST", "must be an IP address like 0.0.0.0 or ::"))?,
+            None => IpAddr::from([0, 0, 0, 0]),
+        };
+        let port: u16 = parse_num(get("PORT"), "PORT", 8080)?;
+
+        let log_format = match get("LOG_FORMAT")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("pretty") | Some("text") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(invalid("LOG_FORMAT", "must be json or pretty")),
+        };
+
+        let worker_concurrency: usize =
+            parse_num(get("WORKER_CONCURRENCY"), "WORKER_CONCURRENCY", 16)?;
+        if worker_concurrency == 0 {
+            return Err(invalid("WORKER_CONCURRENCY", "must be at least 1"));
+        }
+        let max_deliveries: u32 =
+            parse_num(get("WORKER_MAX_DELIVERIES"), "WORKER_MAX_DELIVERIES", 5)?;
+        if max_deliveries == 0 {
+            return Err(invalid("WORKER_MAX_DELIVERIES", "must be at least 1"));
+        }
+        let claim_idle_ms: u64 =
+            parse_num(get("WORKER_CLAIM_IDLE_MS"), "WORKER_CLAIM_IDLE_MS", 30_000)?;
+        if claim_idle_ms < 100 {
+            return Err(invalid("WORKER_CLAIM_IDLE_MS", "must be at least 100"));
+        }
+        let metrics_port = match get("METRICS_PORT") {
+            Some(_) => Some(parse_num(get("METRICS_PORT"), "METRICS_PORT", 0u16)?),
+            None => None,
+        };
+        let initdata_max_age: u64 = parse_num(
+            get("TELEGRAM_INITDATA_MAX_AGE"),
+            "TELEGRAM_INITDATA_MAX_AGE",
+            86_400,
+        )?;
+
+        Ok(Self {
+            token: if disabled { None } else { token },
+            disabled,
+            webhook_url,
+            webhook_secret,
+            drop_pending_updates: parse_bool(
+                get("TELEGRAM_DROP_PENDING_UPDATES"),
+                "TELEGRAM_DROP_PENDING_UPDATES",
+                false,
+            )?,
+            webapp_url,
+            api_url,
+            redis_url,
+            listen: SocketAddr::new(host, port),
+            log_format,
+            send_rate: parse_num(get("TELEGRAM_SEND_RATE"), "TELEGRAM_SEND_RATE", 30)?,
+            worker_concurrency,
+            max_deliveries,
+            claim_idle: Duration::from_millis(claim_idle_ms),
+            metrics_port,
+            initdata_max_age: Duration::from_secs(initdata_max_age),
+        })
+    }
+
+    pub fn redis_url_or_default(&self) -> &str {
+        self.redis_url.as_deref().unwrap_or(DEFAULT_REDIS_URL)
+    }
+}
+
+fn parse_https(var: &'static str, raw: &str) -> Result<Url, ConfigError> {
+    let u = Url::parse(raw).map_err(|e| invalid(var, format!("is not a valid URL: {e}")))?;
+    if u.scheme() != "https" {
+        return Err(invalid(
+            var,
+            format!(
+                "must be an https:// URL (got {}://); Telegram only calls https",
+                u.scheme()
+            ),
+        ));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err(invalid(var, "must include a host"));
+    }
+    Ok(u)
+}
+
+fn parse_bool(v: Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match v.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(_) => Err(invalid(var, "must be true/false (also 1/0, yes/no)")),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    v: Option<String>,
+    var: &'static str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => s.parse().map_err(|_| {
+            invalid(
+                var,
+                format!("must be a non-negative whole number (got {s:?})"),
+            )
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const TOKEN: &str = "123456:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw";
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn missing_token_names_the_variable() {
+        let e = cfg(&[]).unwrap_err();
+        assert!(e.to_string().contains("TELEGRAM_BOT_TOKEN"), "{e}");
+    }
+
+    #[test]
+    fn disabled_bot_needs_no_token() {
+        let c = cfg(&[("DISABLE_TELEGRAM_BOT", "yes")]).unwrap();
+        assert!(c.disabled && c.token.is_none());
+    }
+
+    #[test]
+    fn http_webhook_url_is_refused_by_name() {
+        let e = cfg(&[
+            ("TELEGRAM_BOT_TOKEN", TOKEN),
+            ("TELEGRAM_WEBHOOK_URL", "http://x.example/hook"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("TELEGRAM_WEBHOOK_URL") && e.to_string().contains("https"),
+            "{e}"
+        );
+        let e = cfg(&[
+            ("TELEGRAM_BOT_TOKEN", TOKEN),
+            ("TELEGRAM_WEBAPP_URL", "http://x.example/app"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("TELEGRAM_WEBAPP_URL"), "{e}");
+    }
+
+    #[test]
+    fn railway_domain_derives_urls_and_explicit_url_wins() {
+        let c = cfg(&[
+            ("TELEGRAM_BOT_TOKEN", TOKEN),
+            ("RAILWAY_PUBLIC_DOMAIN", "bot.up.railway.app"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.webhook_url.unwrap().as_str(),
+            "https://bot.up.railway.app/telegram/webhook/"
+        );
+        assert_eq!(
+            c.webapp_url.unwrap().as_str(),
+            "https://bot.up.railway.app/app/"
+        );
+        let c = cfg(&[
+            ("TELEGRAM_BOT_TOKEN", TOKEN),
+            ("RAILWAY_PUBLIC_DOMAIN", "bot.up.railway.app"),
+            ("TELEGRAM_WEBHOOK_URL", "https://other.example/hook"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.webhook_url.unwrap().as_str(),
+            "https://other.example/hook"
+        );
+    }
+
+    #[test]
+    fn bad_token_error_does_not_echo_it() {
+        let e = cfg(&[("TELEGRAM_BOT_TOKEN", "12345:bad token with spaces")]).unwrap_err();
+        assert!(!e.to_string().contains("bad token"), "{e}");
+        assert!(e.to_string().contains("TELEGRAM_BOT_TOKEN"));
+    }
+
+    #[test]
+    fn secret_is_derived_or_validated() {
+        let a = cfg(&[("TELEGRAM_BOT_TOKEN", TOKEN)]).unwrap();
+        let b = cfg(&[("TELEGRAM_BOT_TOKEN", TOKEN)]).unwrap();
+        assert_eq!(a.webhook_secret, b.webhook_secret);
+        let e = cfg(&[
+            ("TELEGRAM_BOT_TOKEN", TOKEN),
+            ("TELEGRAM_WEBHOOK_SECRET", "has space"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("TELEGRAM_WEBHOOK_SECRET"));
+    }
+
+    #[test]
+    fn numbers_are_checked() {
+        let e = cfg(&[("TELEGRAM_BOT_TOKEN", TOKEN), ("PORT", "eighty")]).unwrap_err();
+        assert!(e.to_string().contains("PORT"));
+        let e = cfg(&[("TELEGRAM_BOT_TOKEN", TOKEN), ("WORKER_CONCURRENCY", "0")]).unwrap_err();
+        assert!(e.to_string().contains("WORKER_CONCURRENCY"));
+    }
+
+    #[test]
+    fn debug_redacts_token() {
+        let c = cfg(&[("TELEGRAM_BOT_TOKEN", TOKEN)]).unwrap();
+        let s = format!("{c:?}");
+        assert!(!s.contains("AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw"), "{s}");
+    }
+}

@@ -1,0 +1,323 @@
+//! The stream entry: what the ingress writes and the worker reads.
+//!
+//! Fields: `update_id`, `received_at` (ms since epoch), `key` (the ordering
+//! key: `c<chat_id>`, `u<user_id>` or empty) and `update` (the raw JSON
+//! exactly as Telegram sent it - the worker parses it, so the ingress stays
+//! small and never rejects an update type it does not know).
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionManager;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+use crate::keys;
+
+pub const F_UPDATE_ID: &str = "update_id";
+pub const F_RECEIVED_AT: &str = "received_at";
+pub const F_KEY: &str = "key";
+pub const F_UPDATE: &str = "update";
+
+/// Why a request body is not an update. Each maps to a 400.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadUpdate {
+    #[error("body is not valid JSON")]
+    NotJson,
+    #[error("body is not a JSON object")]
+    NotObject,
+    #[error("update_id is missing or not an integer")]
+    NoUpdateId,
+}
+
+/// What the ingress needs to know about an update, read in one pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub update_id: i64,
+    /// Updates with the same key are one conversation (see worker ordering).
+    pub key: String,
+}
+
+#[derive(Deserialize)]
+struct Id {
+    id: i64,
+}
+#[derive(Deserialize)]
+struct HasChat {
+    chat: Option<Id>,
+    from: Option<Id>,
+    user: Option<Id>,
+}
+#[derive(Deserialize)]
+struct Callback {
+    from: Option<Id>,
+    message: Option<HasChat>,
+}
+
+#[derive(Deserialize)]
+struct RawUpdate {
+    update_id: Option<serde_json::Value>,
+    message: Option<HasChat>,
+    edited_message: Option<HasChat>,
+    channel_post: Option<HasChat>,
+    edited_channel_post: Option<HasChat>,
+    business_message: Option<HasChat>,
+    edited_business_message: Option<HasChat>,
+    message_reaction: Option<HasChat>,
+    message_reaction_count: Option<HasChat>,
+    my_chat_member: Option<HasChat>,
+    chat_member: Option<HasChat>,
+    chat_join_request: Option<HasChat>,
+    chat_boost: Option<HasChat>,
+    removed_chat_boost: Option<HasChat>,
+    callback_query: Option<Callback>,
+    inline_query: Option<HasChat>,
+    chosen_inline_result: Option<HasChat>,
+    shipping_query: Option<HasChat>,
+    pre_checkout_query: Option<HasChat>,
+    purchased_paid_media: Option<HasChat>,
+    poll_answer: Option<HasChat>,
+}
+
+/// The fallback when an update's known parts have an unexpected shape: it
+/// is still an update (and stored), it just has no ordering key.
+#[derive(Deserialize)]
+struct MinimalUpdate {
+    update_id: Option<serde_json::Value>,
+}
+
+/// Validates an update body and extracts its id and ordering key.
+///
+/// The body must be one JSON object with an integer `update_id`; the rest
+/// of its shape is the worker's business. Never panics, whatever the bytes.
+pub fn probe(body: &[u8]) -> Result<Probe, BadUpdate> {
+    // serde would happily read a struct from a JSON array; refuse that first.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    let is_object = first == Some(&b'{');
+    let raw: RawUpdate = match serde_json::from_slice(body) {
+        Ok(r) if is_object => r,
+        Ok(_) => return Err(BadUpdate::NotObject),
+        Err(e) => {
+            if !is_object {
+                return Err(match serde_json::from_slice::<IgnoredAny>(body) {
+                    Ok(_) => BadUpdate::NotObject,
+                    Err(_) => BadUpdate::NotJson,
+                });
+            }
+            if !e.is_data() {
+                return Err(BadUpdate::NotJson);
+            }
+            let min: MinimalUpdate =
+                serde_json::from_slice(body).map_err(|_| BadUpdate::NoUpdateId)?;
+            return Ok(Probe {
+                update_id: int_id(min.update_id.as_ref())?,
+                key: String::new(),
+            });
+        }
+    };
+    Ok(Probe {
+        update_id: int_id(raw.update_id.as_ref())?,
+        key: order_key(&raw),
+    })
+}
+
+fn int_id(v: Option<&serde_json::Value>) -> Result<i64, BadUpdate> {
+    v.and_then(|v| v.as_i64()).ok_or(BadUpdate::NoUpdateId)
+}
+
+fn order_key(u: &RawUpdate) -> String {
+    let chat_like = [
+        &u.message,
+        &u.edited_message,
+        &u.channel_post,
+        &u.edited_channel_post,
+        &u.business_message,
+        &u.edited_business_message,
+        &u.message_reaction,
+        &u.message_reaction_count,
+        &u.my_chat_member,
+        &u.chat_member,
+        &u.chat_join_request,
+        &u.chat_boost,
+        &u.removed_chat_boost,
+    ];
+    for h in chat_like.into_iter().flatten() {
+        if let Some(c) = &h.chat {
+            return format!("c{}", c.id);
+        }
+    }
+    if let Some(cb) = &u.callback_query {
+        if let Some(Id { id }) = cb.message.as_ref().and_then(|m| m.chat.as_ref()) {
+            return format!("c{id}");
+        }
+        if let Some(f) = &cb.from {
+            return format!("u{}", f.id);
+        }
+    }
+    let user_like = [
+        &u.inline_query,
+        &u.chosen_inline_result,
+        &u.shipping_query,
+        &u.pre_checkout_query,
+        &u.purchased_paid_media,
+        &u.poll_answer,
+    ];
+    for h in user_like.into_iter().flatten() {
+        if let Some(f) = h.from.as_ref().or(h.user.as_ref()) {
+            return format!("u{}", f.id);
+        }
+    }
+    String::new()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored as a new entry with this stream id.
+    Stored(String),
+    /// This update_id was stored before (Telegram resent it): nothing added.
+    Duplicate,
+}
+
+/// Stores the update and marks its id as seen in one atomic step, so a
+/// resend is recognised without ever producing a second entry, and a crash
+/// between the two writes cannot happen.
+const ENQUEUE_LUA: &str = r#"
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[1], '*', 'update_id', ARGV[2], 'received_at', ARGV[3], 'key', ARGV[4], 'update', ARGV[5])
+end
+return false
+"#;
+
+pub struct Enqueuer {
+    script: redis::Script,
+}
+
+impl Default for Enqueuer {
+    fn default() -> Self {
+        Self {
+            script: redis::Script::new(ENQUEUE_LUA),
+        }
+    }
+}
+
+impl Enqueuer {
+    /// Returns only once Redis has confirmed the write.
+    pub async fn enqueue(
+        &self,
+        conn: &mut ConnectionManager,
+        probe: &Probe,
+        raw: &[u8],
+    ) -> redis::RedisResult<Enqueued> {
+        let id: Option<String> = self
+            .script
+            .key(keys::STREAM)
+            .key(keys::seen(probe.update_id))
+            .arg(keys::SEEN_TTL_SECS)
+            .arg(probe.update_id)
+            .arg(now_ms())
+            .arg(&probe.key)
+            .arg(raw)
+            .invoke_async(conn)
+            .await?;
+        Ok(match id {
+            Some(id) => Enqueued::Stored(id),
+            None => Enqueued::Duplicate,
+        })
+    }
+}
+
+/// A stream entry as the worker sees it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: String,
+    pub update_id: i64,
+    pub received_at_ms: i64,
+    pub key: String,
+    pub update: Vec<u8>,
+}
+
+impl Entry {
+    /// Reads an entry's field map. A malformed entry (written by hand, or by
+    /// a future version) is reported, never a panic.
+    pub fn from_map(id: String, map: &HashMap<String, redis::Value>) -> Result<Self, String> {
+        let text = |f: &str| -> Option<Vec<u8>> {
+            match map.get(f)? {
+                redis::Value::BulkString(b) => Some(b.clone()),
+                redis::Value::SimpleString(s) => Some(s.clone().into_bytes()),
+                redis::Value::Int(i) => Some(i.to_string().into_bytes()),
+                _ => None,
+            }
+        };
+        let num = |f: &str| -> Option<i64> { String::from_utf8(text(f)?).ok()?.parse().ok() };
+        let update = text(F_UPDATE).ok_or_else(|| format!("entry {id} has no `update` field"))?;
+        let update_id = num(F_UPDATE_ID)
+            .or_else(|| probe(&update).ok().map(|p| p.update_id))
+            .ok_or_else(|| format!("entry {id} has no integer update_id"))?;
+        Ok(Self {
+            update_id,
+            received_at_ms: num(F_RECEIVED_AT).unwrap_or(0),
+            key: text(F_KEY)
+                .and_then(|k| String::from_utf8(k).ok())
+                .unwrap_or_default(),
+            update,
+            id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_accepts_updates_and_finds_keys() {
+        let p = probe(br#"{"update_id": 5, "message": {"message_id":1, "chat": {"id": -100}, "from": {"id": 7}}}"#).unwrap();
+        assert_eq!(
+            p,
+            Probe {
+                update_id: 5,
+                key: "c-100".into()
+            }
+        );
+        let p =
+            probe(br#"{"update_id": 6, "inline_query": {"id":"x", "from": {"id": 7}}}"#).unwrap();
+        assert_eq!(p.key, "u7");
+        let p = probe(br#"{"update_id": 7, "something_new": {"x": 1}}"#).unwrap();
+        assert_eq!(p.key, "");
+    }
+
+    #[test]
+    fn probe_rejects_bad_bodies() {
+        assert_eq!(probe(b"not json"), Err(BadUpdate::NotJson));
+        assert_eq!(probe(b""), Err(BadUpdate::NotJson));
+        assert_eq!(probe(b"[1]"), Err(BadUpdate::NotObject));
+        assert_eq!(probe(b"42"), Err(BadUpdate::NotObject));
+        assert_eq!(probe(b"{}"), Err(BadUpdate::NoUpdateId));
+        assert_eq!(probe(br#"{"update_id":"5"}"#), Err(BadUpdate::NoUpdateId));
+        assert_eq!(probe(br#"{"update_id":5.5}"#), Err(BadUpdate::NoUpdateId));
+        assert_eq!(probe(br#"{"update_id":5"#), Err(BadUpdate::NotJson));
+        // Odd but integer-keyed: stored, just without an ordering key.
+        assert_eq!(probe(br#"{"update_id":5, "message": 3}"#).unwrap().key, "");
+    }
+
+    #[test]
+    fn probe_reads_real_updates() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/telegram/updates");
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for f in rd.flatten() {
+            if f.path().extension().is_some_and(|e| e == "json") {
+                let body = std::fs::read(f.path()).unwrap();
+                let p = probe(&body).unwrap_or_else(|e| panic!("{:?}: {e}", f.path()));
+                assert!(!p.key.is_empty(), "{:?} has no ordering key", f.path());
+            }
+        }
+    }
+}
