@@ -1,1 +1,124 @@
+//! The ingress: the public HTTP service Telegram calls. It checks the secret,
+//! makes each update durable in the Redis stream and answers at once; in
+//! polling mode it runs the single leased poller instead of waiting for
+//! webhooks. It never handles updates itself.
 
+pub mod cli;
+pub mod http;
+pub mod metrics;
+pub mod poller;
+pub mod registration;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use shared::botapi::BotApi;
+use shared::config::redact_url;
+use shared::envelope::Enqueuer;
+use shared::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("cannot listen on {addr} (check HOST and PORT): {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("configuration error: REDIS_URL is not usable: {0}")]
+    Redis(redis::RedisError),
+    #[error(transparent)]
+    Setup(#[from] registration::SetupError),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Serves until `cancel` fires (then drains in-flight requests) or a fatal
+/// Telegram error (a rejected token) ends the process.
+pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), IngressError> {
+    let redis_url = config.redis_url_or_default().to_owned();
+    let redis = shared::redis_conn::manager(&redis_url).map_err(IngressError::Redis)?;
+    info!(redis = %redact_url(&redis_url), "using Redis");
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| IngressError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    info!("listening on {}", config.listen);
+
+    let state = Arc::new(http::AppState {
+        redis: redis.clone(),
+        secret: (!config.disabled).then(|| config.webhook_secret.clone()),
+        enqueuer: Enqueuer::default(),
+        metrics: Arc::new(metrics::Metrics::default()),
+    });
+    let app = http::router(state.clone());
+
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<registration::SetupError>(1);
+    match (&config.token, config.disabled) {
+        (_, true) | (None, _) => {
+            info!("Telegram bot disabled (DISABLE_TELEGRAM_BOT): no webhook, no polling; health endpoints serve");
+        }
+        (Some(token), false) => {
+            let api = BotApi::new(&config.api_url, token);
+            let cfg = config.clone();
+            let cancel = cancel.clone();
+            let redis = redis.clone();
+            let metrics = state.metrics.clone();
+            tokio::spawn(async move {
+                let result = async {
+                    registration::identify(&api).await?;
+                    match &cfg.webhook_url {
+                        Some(url) => {
+                            registration::configure_webhook(
+                                &api,
+                                &redis,
+                                url,
+                                &cfg.webhook_secret,
+                                cfg.drop_pending_updates,
+                            )
+                            .await
+                        }
+                        None => {
+                            let poller = poller::Poller {
+                                api: api.clone(),
+                                redis: redis.clone(),
+                                metrics,
+                                instance: instance_name(),
+                            };
+                            poller.run(cancel).await
+                        }
+                    }
+                }
+                .await;
+                if let Err(e) = result {
+                    let _ = fatal_tx.send(e).await;
+                }
+            });
+        }
+    }
+
+    let shutdown = cancel.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    tokio::select! {
+        r = server => r.map_err(IngressError::Serve)?,
+        Some(e) = fatal_rx.recv() => {
+            error!("{e}");
+            return Err(e.into());
+        }
+    }
+    info!("ingress stopped");
+    Ok(())
+}
+
+/// A name unique to this process, for leases and logs.
+pub fn instance_name() -> String {
+    let host = std::env::var("RAILWAY_REPLICA_ID")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "local".into());
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &id[..8])
+}

@@ -1,1 +1,99 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use shared::Config;
+
+/// The public side of the bot: receives Telegram's webhook, stores every
+/// update in the Redis stream, answers 200. With no arguments it serves.
+#[derive(Parser)]
+#[command(name = "ingress", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect or change the webhook Telegram calls.
+    Webhook {
+        #[command(subcommand)]
+        action: WebhookAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum WebhookAction {
+    /// Show getWebhookInfo readably: URL, pending updates, last error.
+    Info {
+        /// Print the raw WebhookInfo as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register the configured webhook URL and secret now.
+    Set {
+        /// Drop the updates Telegram is holding for the bot.
+        #[arg(long)]
+        drop_pending_updates: bool,
+    },
+    /// Remove the webhook (the bot then receives nothing until set again).
+    Delete {
+        /// Drop the updates Telegram is holding for the bot.
+        #[arg(long)]
+        drop_pending_updates: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    shared::telemetry::init(config.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        match cli.command {
+            None => {
+                let cancel = CancellationToken::new();
+                shared::signals::cancel_on_signal(cancel.clone());
+                match ingress::serve(config, cancel).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        eprintln!("ingress: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Some(Command::Webhook { action }) => {
+                let result = match action {
+                    WebhookAction::Info { json } => ingress::cli::info(&config, json).await,
+                    WebhookAction::Set {
+                        drop_pending_updates,
+                    } => ingress::cli::set(&config, drop_pending_updates).await,
+                    WebhookAction::Delete {
+                        drop_pending_updates,
+                    } => ingress::cli::delete(&config, drop_pending_updates).await,
+                };
+                match result {
+                    Ok(out) => {
+                        print!("{out}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("ingress webhook: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    })
+}

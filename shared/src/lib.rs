@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod keys;
 pub mod redis_conn;
 pub mod secret;
+pub mod signals;
 pub mod stats;
 pub mod telemetry;
 

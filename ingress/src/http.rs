@@ -1,0 +1,165 @@
+//! The HTTP surface Telegram and operators see (see SPEC "Ingress HTTP
+//! surface"). The webhook handler does the minimum that makes an update
+//! durable - check, parse the id, one atomic Redis write - and answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::BodyExt;
+use redis::aio::ConnectionManager;
+use tracing::{debug, warn, Instrument};
+
+use shared::envelope::{self, BadUpdate, Enqueued, Enqueuer};
+use shared::redis_conn;
+use shared::secret::ct_eq;
+
+use crate::metrics::Metrics;
+
+/// Telegram's own limit is far lower; anything bigger is not an update.
+pub const MAX_BODY: usize = 1024 * 1024;
+pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
+/// What we ask Telegram to wait when Redis is down. It keeps retrying an
+/// undelivered update for up to 24 h, so a short wait loses nothing.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+pub struct AppState {
+    pub redis: ConnectionManager,
+    /// `None` when the bot is disabled: the webhook path then answers 404.
+    pub secret: Option<String>,
+    pub enqueuer: Enqueuer,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/telegram/webhook/", post(webhook))
+        .route("/telegram/webhook", post(webhook))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, msg: &str) -> Response {
+    let body = serde_json::json!({ "ok": false, "error": msg }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn unavailable(msg: &str) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+    r
+}
+
+async fn webhook(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    st.metrics.received.inc();
+    let Some(secret) = st.secret.as_deref() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "the bot is disabled (DISABLE_TELEGRAM_BOT)",
+        );
+    };
+    let authorized = headers
+        .get(SECRET_HEADER)
+        .is_some_and(|v| ct_eq(v.as_bytes(), secret.as_bytes()));
+    if !authorized {
+        st.metrics.reject("secret");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong X-Telegram-Bot-Api-Secret-Token",
+        );
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        st.metrics.reject("too_large");
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB");
+    }
+    let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            st.metrics.reject("too_large");
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB");
+        }
+        Err(_) => {
+            st.metrics.reject("body_read");
+            return error(StatusCode::BAD_REQUEST, "could not read the request body");
+        }
+    };
+    let probe = match envelope::probe(&bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            st.metrics.reject(match e {
+                BadUpdate::NotJson => "bad_json",
+                BadUpdate::NotObject => "not_object",
+                BadUpdate::NoUpdateId => "no_update_id",
+            });
+            return error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+    };
+    let span = tracing::info_span!("update", update_id = probe.update_id);
+    async move {
+        let mut conn = st.redis.clone();
+        let write = st.enqueuer.enqueue(&mut conn, &probe, &bytes);
+        match tokio::time::timeout(redis_conn::COMMAND_TIMEOUT, write).await {
+            Ok(Ok(Enqueued::Stored(id))) => {
+                st.metrics.enqueued.inc();
+                debug!(entry = %id, "update stored");
+                StatusCode::OK.into_response()
+            }
+            Ok(Ok(Enqueued::Duplicate)) => {
+                st.metrics.duplicates.inc();
+                debug!("update already stored; resend acknowledged");
+                StatusCode::OK.into_response()
+            }
+            Ok(Err(e)) => {
+                st.metrics.reject("redis_unavailable");
+                warn!(error = %e, "could not store update; answering 503");
+                unavailable("queue unavailable, retry later")
+            }
+            Err(_) => {
+                st.metrics.reject("redis_unavailable");
+                warn!("storing the update timed out; answering 503");
+                unavailable("queue unavailable, retry later")
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn readyz(State(st): State<Arc<AppState>>) -> Response {
+    let mut conn = st.redis.clone();
+    if redis_conn::ping(&mut conn).await {
+        "ready\n".into_response()
+    } else {
+        unavailable("redis unreachable")
+    }
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    let mut conn = st.redis.clone();
+    let cmd = redis::cmd("XLEN").arg(shared::keys::STREAM).clone();
+    if let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_secs(1), cmd.query_async::<i64>(&mut conn)).await
+    {
+        st.metrics.queue_depth.set(n);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}

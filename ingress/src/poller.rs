@@ -1,0 +1,231 @@
+//! Polling mode: with no public URL, one replica long-polls `getUpdates`
+//! and appends to the same stream, so workers cannot tell the difference.
+//!
+//! Exactly one poller runs across all replicas, through a Redis lease. The
+//! lease is (re)taken before every long poll for longer than that poll can
+//! last, so a holder that dies or loses Redis stops polling before anyone
+//! else may start: two `getUpdates` never overlap, and Telegram never
+//! answers 409. The offset lives in Redis and advances only after the batch
+//! is stored; a batch fetched twice (crash in between) is deduplicated by
+//! update_id on the way in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use shared::botapi::{BotApi, BotApiError};
+use shared::envelope::{self, Enqueued, Enqueuer};
+use shared::keys;
+use shared::signals::Backoff;
+
+use crate::metrics::Metrics;
+use crate::registration::{retrying, SetupError, ALLOWED_UPDATES};
+
+/// Seconds Telegram may hold a `getUpdates` open.
+pub const POLL_TIMEOUT_SECS: u64 = 10;
+/// Margin on top of the long poll for the HTTP round trip.
+const HTTP_MARGIN: Duration = Duration::from_secs(3);
+/// Lease length: longer than a whole poll, so it never expires mid-poll.
+const LEASE: Duration = Duration::from_secs(POLL_TIMEOUT_SECS + 5);
+
+const LEASE_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+pub struct Poller {
+    pub api: BotApi,
+    pub redis: ConnectionManager,
+    pub metrics: Arc<Metrics>,
+    pub instance: String,
+}
+
+impl Poller {
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), SetupError> {
+        let lease = redis::Script::new(LEASE_LUA);
+        let enqueuer = Enqueuer::default();
+        let mut conn = self.redis.clone();
+        let mut holding = false;
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        info!("Setting up Telegram bot via polling (no webhook URL configured)...");
+        while !cancel.is_cancelled() {
+            let mut invocation = lease.key(keys::POLLER_LEASE);
+            invocation.arg(&self.instance).arg(LEASE.as_millis() as u64);
+            let took = invocation.invoke_async::<i64>(&mut conn);
+            let took = match tokio::time::timeout(shared::redis_conn::COMMAND_TIMEOUT, took).await {
+                Ok(Ok(v)) => v == 1,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "Redis unavailable; polling paused");
+                    holding = false;
+                    sleep_or_cancel(backoff.next_delay(), &cancel).await;
+                    continue;
+                }
+                Err(_) => {
+                    warn!("Redis timed out; polling paused");
+                    holding = false;
+                    sleep_or_cancel(backoff.next_delay(), &cancel).await;
+                    continue;
+                }
+            };
+            if !took {
+                if holding {
+                    info!("polling lease lost; another replica polls now");
+                }
+                holding = false;
+                sleep_or_cancel(Duration::from_secs(2), &cancel).await;
+                continue;
+            }
+            if !holding {
+                holding = true;
+                info!(instance = %self.instance, "polling lease acquired; this replica polls getUpdates");
+                let info = retrying("getWebhookInfo", || self.api.get_webhook_info()).await?;
+                if !info.url.is_empty() {
+                    warn!(
+                        "a webhook was set ({}); deleting it for polling mode. If production uses this token with a webhook, stop this process",
+                        info.url
+                    );
+                }
+                retrying("deleteWebhook", || self.api.delete_webhook(false)).await?;
+                info!("Telegram bot configured via polling");
+            }
+            let offset: Option<i64> = match redis::cmd("GET")
+                .arg(keys::POLLER_OFFSET)
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => {
+                    warn!(error = %e, "could not read the polling offset");
+                    sleep_or_cancel(backoff.next_delay(), &cancel).await;
+                    continue;
+                }
+            };
+            let mut params = json!({
+                "timeout": POLL_TIMEOUT_SECS,
+                "limit": 100,
+                "allowed_updates": ALLOWED_UPDATES,
+            });
+            if let Some(o) = offset {
+                params["offset"] = json!(o);
+            }
+            let poll = self.api.call_with_timeout::<_, Vec<serde_json::Value>>(
+                "getUpdates",
+                &params,
+                Duration::from_secs(POLL_TIMEOUT_SECS) + HTTP_MARGIN,
+            );
+            let batch = tokio::select! {
+                r = poll => r,
+                // Cancelling drops the request; the lease then simply expires.
+                _ = cancel.cancelled() => break,
+            };
+            let updates = match batch {
+                Ok(u) => u,
+                Err(e) => {
+                    self.poll_error(e, &mut backoff, &cancel).await?;
+                    continue;
+                }
+            };
+            backoff.reset();
+            if updates.is_empty() {
+                continue;
+            }
+            let mut next = offset.unwrap_or(i64::MIN);
+            let mut stored_all = true;
+            for u in &updates {
+                let raw = serde_json::to_vec(u).unwrap_or_default();
+                self.metrics.received.inc();
+                let probe = match envelope::probe(&raw) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.metrics.reject("no_update_id");
+                        warn!(error = %e, "getUpdates returned an item that is not an update; skipped");
+                        continue;
+                    }
+                };
+                match enqueuer.enqueue(&mut conn, &probe, &raw).await {
+                    Ok(Enqueued::Stored(_)) => {
+                        self.metrics.enqueued.inc();
+                    }
+                    Ok(Enqueued::Duplicate) => {
+                        self.metrics.duplicates.inc();
+                    }
+                    Err(e) => {
+                        warn!(update_id = probe.update_id, error = %e, "could not store update; it will be fetched again");
+                        stored_all = false;
+                        break;
+                    }
+                }
+                next = next.max(probe.update_id + 1);
+            }
+            // Only what is stored is confirmed: the offset moves past the
+            // stored prefix, and the rest is fetched again.
+            if next != offset.unwrap_or(i64::MIN) {
+                let _: redis::RedisResult<()> = redis::cmd("SET")
+                    .arg(keys::POLLER_OFFSET)
+                    .arg(next)
+                    .query_async(&mut conn)
+                    .await;
+            }
+            if !stored_all {
+                sleep_or_cancel(backoff.next_delay(), &cancel).await;
+            }
+        }
+        if holding {
+            let _: redis::RedisResult<i64> = redis::Script::new(RELEASE_LUA)
+                .key(keys::POLLER_LEASE)
+                .arg(&self.instance)
+                .invoke_async(&mut conn)
+                .await;
+            info!("polling lease released");
+        }
+        Ok(())
+    }
+
+    async fn poll_error(
+        &self,
+        e: BotApiError,
+        backoff: &mut Backoff,
+        cancel: &CancellationToken,
+    ) -> Result<(), SetupError> {
+        if e.is_unauthorized() {
+            return Err(SetupError::Unauthorized);
+        }
+        if let Some(wait) = e.retry_after() {
+            warn!(error = %e, "getUpdates rate limited");
+            sleep_or_cancel(wait, cancel).await;
+        } else if e.code() == Some(409) {
+            // Someone outside this deployment polls or set a webhook with the
+            // same token (a laptop with the production token, say).
+            warn!(error = %e, "getUpdates conflict: another process uses this bot token");
+            sleep_or_cancel(backoff.next_delay(), cancel).await;
+        } else {
+            warn!(error = %e, "getUpdates failed; retrying");
+            sleep_or_cancel(backoff.next_delay(), cancel).await;
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = cancel.cancelled() => {}
+    }
+}

@@ -1,0 +1,258 @@
+//! Telling Telegram where to send updates, once per configuration change.
+//!
+//! Many replicas start at once and Telegram accepts about one setWebhook per
+//! second per bot, so replicas agree through Redis: whoever holds the lock
+//! applies the configuration and stores its fingerprint; the others see the
+//! fingerprint (and getWebhookInfo confirming the URL) and skip. Nothing here
+//! ever deletes the webhook: a replica stopping must not unhook the others.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+use url::Url;
+
+use shared::botapi::{BotApi, BotApiError, User};
+use shared::keys;
+use shared::signals::Backoff;
+
+/// The update types the bot asks for. Explicit, because Telegram's default
+/// leaves out member and reaction updates the worker counts.
+pub const ALLOWED_UPDATES: &[&str] = &[
+    "message",
+    "edited_message",
+    "channel_post",
+    "edited_channel_post",
+    "callback_query",
+    "inline_query",
+    "chosen_inline_result",
+    "my_chat_member",
+    "chat_member",
+    "chat_join_request",
+    "message_reaction",
+];
+
+/// Parallel webhook connections Telegram may open. The ingress answers in
+/// about a millisecond, so Telegram's maximum costs nothing and lets bursts
+/// through; per-chat order is kept by Telegram itself (one update per chat
+/// in flight).
+pub const MAX_CONNECTIONS: u32 = 100;
+
+/// The command menu, per language.
+pub fn commands(lang: Option<&str>) -> serde_json::Value {
+    let items: [(&str, &str); 4] = match lang {
+        Some("ru") => [
+            ("start", "Начать"),
+            ("app", "Открыть мини-приложение"),
+            ("stats", "Статистика"),
+            ("help", "Список команд"),
+        ],
+        _ => [
+            ("start", "Start the bot"),
+            ("app", "Open the Mini App"),
+            ("stats", "Statistics"),
+            ("help", "List of commands"),
+        ],
+    };
+    json!(items
+        .iter()
+        .map(|(c, d)| json!({"command": c, "description": d}))
+        .collect::<Vec<_>>())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("Telegram rejected the bot token (401 Unauthorized): check TELEGRAM_BOT_TOKEN")]
+    Unauthorized,
+    #[error("Telegram refused the webhook: {0}")]
+    Refused(String),
+}
+
+/// Runs a Bot API call until it succeeds: 429 waits `retry_after`, network
+/// trouble and 5xx back off; 401 is fatal. A 400 is returned to the caller.
+pub async fn retrying<T, F, Fut>(what: &str, mut call: F) -> Result<T, SetupError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BotApiError>>,
+{
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_unauthorized() => return Err(SetupError::Unauthorized),
+            Err(e) => {
+                if let Some(wait) = e.retry_after() {
+                    warn!(error = %e, wait_s = wait.as_secs(), "{what}: rate limited; waiting as Telegram asked");
+                    tokio::time::sleep(wait).await;
+                } else if e.is_transient() {
+                    let wait = backoff.next_delay();
+                    warn!(error = %e, wait_ms = wait.as_millis() as u64, "{what} failed; retrying");
+                    tokio::time::sleep(wait).await;
+                } else {
+                    return Err(SetupError::Refused(e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+pub fn fingerprint(url: &Url, secret: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(url.as_str());
+    h.update(b"\0");
+    h.update(secret);
+    h.update(b"\0");
+    h.update(ALLOWED_UPDATES.join(","));
+    h.update(b"\0");
+    h.update(MAX_CONNECTIONS.to_string());
+    h.update(b"\0");
+    h.update(commands(None).to_string());
+    h.update(commands(Some("ru")).to_string());
+    hex::encode(h.finalize())
+}
+
+pub async fn identify(api: &BotApi) -> Result<User, SetupError> {
+    let me = retrying("getMe", || api.get_me()).await?;
+    info!(
+        "Telegram bot initialized: @{}",
+        me.username.as_deref().unwrap_or(&me.first_name)
+    );
+    Ok(me)
+}
+
+pub async fn set_webhook(
+    api: &BotApi,
+    url: &Url,
+    secret: &str,
+    drop_pending: bool,
+) -> Result<(), SetupError> {
+    let params = json!({
+        "url": url.as_str(),
+        "secret_token": secret,
+        "allowed_updates": ALLOWED_UPDATES,
+        "max_connections": MAX_CONNECTIONS,
+        "drop_pending_updates": drop_pending,
+    });
+    retrying("setWebhook", || api.call::<_, bool>("setWebhook", &params)).await?;
+    Ok(())
+}
+
+pub async fn set_commands(api: &BotApi) -> Result<(), SetupError> {
+    let default = json!({ "commands": commands(None) });
+    retrying("setMyCommands", || {
+        api.call::<_, bool>("setMyCommands", &default)
+    })
+    .await?;
+    let ru = json!({ "commands": commands(Some("ru")), "language_code": "ru" });
+    retrying("setMyCommands(ru)", || {
+        api.call::<_, bool>("setMyCommands", &ru)
+    })
+    .await?;
+    Ok(())
+}
+
+async fn redis_try<T: redis::FromRedisValue>(
+    conn: &mut ConnectionManager,
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    match tokio::time::timeout(shared::redis_conn::COMMAND_TIMEOUT, cmd.query_async(conn)).await {
+        Ok(r) => r,
+        Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))),
+    }
+}
+
+/// Webhook mode start-up, logged step by step.
+pub async fn configure_webhook(
+    api: &BotApi,
+    redis: &ConnectionManager,
+    url: &Url,
+    secret: &str,
+    drop_pending: bool,
+) -> Result<(), SetupError> {
+    info!("Setting up Telegram bot via webhook...");
+    info!("Webhook URL: {url}");
+    let fp = fingerprint(url, secret);
+    let mut conn = redis.clone();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        let stored: redis::RedisResult<Option<String>> =
+            redis_try(&mut conn, redis::cmd("GET").arg(keys::WEBHOOK_FINGERPRINT)).await;
+        let stored = match stored {
+            Ok(s) => s,
+            Err(e) => {
+                // Without Redis the replicas cannot agree; registering anyway
+                // would be harmless once, but a fleet restarting during an
+                // outage would hammer setWebhook. Wait for Redis.
+                let wait = backoff.next_delay();
+                warn!(error = %e, "Redis unavailable during webhook setup; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+        };
+        let info = retrying("getWebhookInfo", || api.get_webhook_info()).await?;
+        if stored.as_deref() == Some(fp.as_str()) && info.url == url.as_str() {
+            info!("Webhook already set: {url} (configuration unchanged)");
+            break;
+        }
+        let lock: redis::RedisResult<Option<String>> = redis_try(
+            &mut conn,
+            redis::cmd("SET")
+                .arg(keys::WEBHOOK_LOCK)
+                .arg(std::process::id())
+                .arg("NX")
+                .arg("PX")
+                .arg(30_000),
+        )
+        .await;
+        match lock {
+            Ok(Some(_)) => {
+                let result = async {
+                    set_webhook(api, url, secret, drop_pending).await?;
+                    set_commands(api).await
+                }
+                .await;
+                if result.is_ok() {
+                    let _: redis::RedisResult<()> = redis_try(
+                        &mut conn,
+                        redis::cmd("SET").arg(keys::WEBHOOK_FINGERPRINT).arg(&fp),
+                    )
+                    .await;
+                }
+                let _: redis::RedisResult<()> =
+                    redis_try(&mut conn, redis::cmd("DEL").arg(keys::WEBHOOK_LOCK)).await;
+                result?;
+                info!("Webhook set: {url}");
+                break;
+            }
+            Ok(None) => {
+                // Another replica is registering right now; check its result.
+                tokio::time::sleep(Duration::from_millis(1000)).await;
+            }
+            Err(e) => {
+                let wait = backoff.next_delay();
+                warn!(error = %e, "Redis unavailable during webhook setup; retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+    let info = retrying("getWebhookInfo", || api.get_webhook_info()).await?;
+    info!(
+        "Webhook info: {}, pending updates: {}",
+        if info.url.is_empty() {
+            "(none)"
+        } else {
+            &info.url
+        },
+        info.pending_update_count
+    );
+    if let Some(msg) = &info.last_error_message {
+        warn!(
+            last_error_date = info.last_error_date,
+            "Webhook last error reported by Telegram: {msg}"
+        );
+    }
+    info!("Telegram bot configured via webhook");
+    Ok(())
+}
