@@ -1,0 +1,294 @@
+//! Operator commands: `worker queue stats|dead|replay-dead`.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use redis::aio::ConnectionManager;
+use redis::Value;
+use serde::Serialize;
+
+use shared::envelope::now_ms;
+use shared::keys;
+
+use crate::stream::{self, value_i64, value_string, value_u64};
+
+#[derive(Debug, Serialize)]
+pub struct ConsumerStats {
+    pub name: String,
+    pub pending: u64,
+    pub idle_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueueStats {
+    pub stream: String,
+    pub length: u64,
+    /// Entries not yet delivered to any consumer.
+    pub lag: u64,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    pub oldest_pending_ms: Option<u64>,
+    pub consumers: Vec<ConsumerStats>,
+    pub dead_letters: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub update_id: Option<i64>,
+    pub error: String,
+    pub deliveries: u64,
+    pub failed_at: i64,
+}
+
+fn field_map(fields: &Value) -> HashMap<String, Value> {
+    let mut m = HashMap::new();
+    if let Value::Array(kv) = fields {
+        for pair in kv.chunks(2) {
+            if let [k, v] = pair {
+                if let Some(k) = value_string(k) {
+                    m.insert(k, v.clone());
+                }
+            }
+        }
+    }
+    m
+}
+
+fn entries(v: &Value) -> Vec<(String, HashMap<String, Value>)> {
+    let Value::Array(items) = v else {
+        return vec![];
+    };
+    items
+        .iter()
+        .filter_map(|item| match item {
+            Value::Array(p) if p.len() == 2 => Some((value_string(&p[0])?, field_map(&p[1]))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The group's undelivered count. Redis 7 keeps `lag` in XINFO GROUPS, but
+/// it becomes unknown (nil) after deletions, which we do for every handled
+/// entry; then we count the entries after `last-delivered-id` ourselves.
+async fn lag(conn: &mut ConnectionManager) -> redis::RedisResult<u64> {
+    let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(keys::STREAM)
+        .query_async(conn)
+        .await?;
+    let Some(g) = groups
+        .into_iter()
+        .find(|g| g.get("name").and_then(value_string).as_deref() == Some(keys::GROUP))
+    else {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(keys::STREAM)
+            .query_async(conn)
+            .await?;
+        return Ok(len);
+    };
+    if let Some(l) = g.get("lag").and_then(value_u64) {
+        return Ok(l);
+    }
+    let last = g
+        .get("last-delivered-id")
+        .and_then(value_string)
+        .unwrap_or_else(|| "0-0".into());
+    let mut count = 0u64;
+    let mut start = format!("({last}");
+    loop {
+        let v: Value = redis::cmd("XRANGE")
+            .arg(keys::STREAM)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        let page = entries(&v);
+        if page.is_empty() {
+            return Ok(count);
+        }
+        count += page.len() as u64;
+        start = format!("({}", page[page.len() - 1].0);
+    }
+}
+
+pub async fn stats(conn: &mut ConnectionManager) -> redis::RedisResult<QueueStats> {
+    let length: u64 = redis::cmd("XLEN")
+        .arg(keys::STREAM)
+        .query_async(conn)
+        .await?;
+    let dead_letters: u64 = redis::cmd("XLEN")
+        .arg(keys::DEAD_STREAM)
+        .query_async(conn)
+        .await?;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(keys::STREAM)
+        .query_async(conn)
+        .await?;
+    if !exists {
+        return Ok(QueueStats {
+            stream: keys::STREAM.into(),
+            length,
+            lag: 0,
+            pending: 0,
+            oldest_pending_ms: None,
+            consumers: vec![],
+            dead_letters,
+        });
+    }
+    let consumers = match stream::consumers(conn).await {
+        Ok(c) => c,
+        Err(e) if stream::is_nogroup(&e) => vec![],
+        Err(e) => return Err(e),
+    };
+    let lag = lag(conn).await?;
+    let pending: u64 = consumers.iter().map(|c| c.pending).sum();
+    let oldest_pending_ms = if pending > 0 {
+        let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(keys::STREAM)
+            .arg(keys::GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        // The oldest pending entry's age, from its id's timestamp.
+        v.first()
+            .and_then(|(id, ..)| id.split('-').next()?.parse::<i64>().ok())
+            .map(|ts| (now_ms() - ts).max(0) as u64)
+    } else {
+        None
+    };
+    Ok(QueueStats {
+        stream: keys::STREAM.into(),
+        length,
+        lag,
+        pending,
+        oldest_pending_ms,
+        consumers: consumers
+            .into_iter()
+            .map(|c| ConsumerStats {
+                name: c.name,
+                pending: c.pending,
+                idle_ms: c.idle_ms,
+            })
+            .collect(),
+        dead_letters,
+    })
+}
+
+pub fn render_stats(s: &QueueStats) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Stream:        {}", s.stream);
+    let _ = writeln!(out, "Length:        {}", s.length);
+    let _ = writeln!(out, "Lag:           {} (not yet delivered)", s.lag);
+    let _ = writeln!(
+        out,
+        "Pending:       {} (delivered, not acknowledged)",
+        s.pending
+    );
+    match s.oldest_pending_ms {
+        Some(ms) => {
+            let _ = writeln!(out, "Oldest pending: {ms} ms");
+        }
+        None => {
+            let _ = writeln!(out, "Oldest pending: -");
+        }
+    }
+    let _ = writeln!(out, "Dead letters:  {}", s.dead_letters);
+    let _ = writeln!(out, "Consumers:     {}", s.consumers.len());
+    for c in &s.consumers {
+        let _ = writeln!(
+            out,
+            "  {:<48} pending {:>6}  idle {:>9} ms",
+            c.name, c.pending, c.idle_ms
+        );
+    }
+    out
+}
+
+pub async fn dead(conn: &mut ConnectionManager) -> redis::RedisResult<Vec<DeadLetter>> {
+    let v: Value = redis::cmd("XRANGE")
+        .arg(keys::DEAD_STREAM)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await?;
+    Ok(entries(&v)
+        .into_iter()
+        .map(|(_, m)| DeadLetter {
+            id: m.get("id").and_then(value_string).unwrap_or_default(),
+            update_id: m.get("update_id").and_then(value_i64),
+            error: m.get("error").and_then(value_string).unwrap_or_default(),
+            deliveries: m.get("deliveries").and_then(value_u64).unwrap_or(0),
+            failed_at: m.get("failed_at").and_then(value_i64).unwrap_or(0),
+        })
+        .collect())
+}
+
+pub fn render_dead(list: &[DeadLetter]) -> String {
+    if list.is_empty() {
+        return "No dead letters.\n".into();
+    }
+    let mut out = String::new();
+    for d in list {
+        let uid = d
+            .update_id
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "?".into());
+        let _ = writeln!(
+            out,
+            "{}  update_id {}  deliveries {}  failed_at {}\n    {}",
+            d.id, uid, d.deliveries, d.failed_at, d.error
+        );
+    }
+    out
+}
+
+/// Puts every dead letter back on the stream as a new entry and removes it
+/// from the dead letters, one at a time and atomically, so an interrupted
+/// replay loses or doubles nothing.
+const REPLAY_LUA: &str = r#"
+local e = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
+if #e == 0 then return 0 end
+local f = e[1][2]
+local m = {}
+for i = 1, #f, 2 do m[f[i]] = f[i + 1] end
+if m['update'] == nil or m['update'] == '' then return -1 end
+redis.call('XADD', KEYS[1], '*', 'update_id', m['update_id'] or '', 'received_at', ARGV[2], 'key', m['key'] or '', 'update', m['update'])
+redis.call('XDEL', KEYS[2], ARGV[1])
+return 1
+"#;
+
+#[derive(Debug, Serialize, Default)]
+pub struct ReplayReport {
+    pub replayed: u64,
+    /// Dead letters with no update body (unreadable entries): kept.
+    pub kept: u64,
+}
+
+pub async fn replay_dead(conn: &mut ConnectionManager) -> redis::RedisResult<ReplayReport> {
+    let v: Value = redis::cmd("XRANGE")
+        .arg(keys::DEAD_STREAM)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await?;
+    let script = redis::Script::new(REPLAY_LUA);
+    let mut report = ReplayReport::default();
+    for (dead_id, _) in entries(&v) {
+        let mut inv = script.prepare_invoke();
+        inv.key(keys::STREAM)
+            .key(keys::DEAD_STREAM)
+            .arg(&dead_id)
+            .arg(now_ms());
+        match inv.invoke_async::<i64>(conn).await? {
+            1 => report.replayed += 1,
+            -1 => report.kept += 1,
+            _ => {}
+        }
+    }
+    Ok(report)
+}

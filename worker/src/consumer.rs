@@ -1,0 +1,470 @@
+//! The consumption loop: read from the group, run handlers with bounded
+//! concurrency, and end every entry in exactly one of three ways - handled,
+//! deduplicated, or dead-lettered with its reason.
+//!
+//! Three tasks share one consumer name:
+//! - the reader takes new entries (`XREADGROUP >`) only when a handler slot
+//!   is free, so the backlog stays in Redis, not in memory;
+//! - the reclaimer takes over entries idle longer than the claim timeout
+//!   (their consumer died) and removes consumers that are long gone;
+//! - the heartbeat keeps this process's in-flight entries from looking
+//!   idle, so a handler waiting out a long 429 is not robbed.
+//!
+//! Every entry goes through [`Consumer::dispatch`]; ordering policies (such
+//! as per-chat order) plug in there without touching reading or finishing.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use redis::aio::ConnectionManager;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn, Instrument};
+
+use shared::envelope::Entry;
+use shared::signals::Backoff;
+
+use crate::handlers::{Handler, Outcome};
+use crate::metrics::Metrics;
+use crate::stream::{self, Scripts};
+
+/// How long one XREADGROUP waits for new entries before looping (and
+/// noticing a shutdown).
+const BLOCK: Duration = Duration::from_millis(1000);
+
+pub struct Settings {
+    pub name: String,
+    pub concurrency: usize,
+    pub max_deliveries: u32,
+    pub claim_idle: Duration,
+    /// How long in-flight handlers may run after a shutdown signal.
+    pub shutdown_grace: Duration,
+}
+
+pub struct Consumer {
+    settings: Settings,
+    redis: ConnectionManager,
+    blocking: ConnectionManager,
+    handler: Arc<dyn Handler>,
+    metrics: Arc<Metrics>,
+    scripts: Scripts,
+    slots: Arc<Semaphore>,
+    inflight: Mutex<HashSet<String>>,
+    tasks: TaskTracker,
+}
+
+impl Consumer {
+    pub fn new(
+        settings: Settings,
+        redis: ConnectionManager,
+        blocking: ConnectionManager,
+        handler: Arc<dyn Handler>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(settings.concurrency)),
+            settings,
+            redis,
+            blocking,
+            handler,
+            metrics,
+            scripts: Scripts::default(),
+            inflight: Mutex::new(HashSet::new()),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// Runs until `cancel`; then stops taking entries, lets in-flight
+    /// handlers finish (bounded by the grace period) and returns.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let mut conn = self.redis.clone();
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        while let Err(e) = stream::ensure_group(&mut conn).await {
+            warn!(error = %e, "cannot create the consumer group yet (Redis unavailable?)");
+            if sleep_or_cancel(backoff.next_delay(), &cancel).await {
+                return;
+            }
+        }
+        info!(consumer = %self.settings.name, concurrency = self.settings.concurrency, "worker consuming");
+
+        let background = cancel.child_token();
+        let reclaimer = tokio::spawn(self.clone().reclaim_loop(background.clone()));
+        let heartbeat = tokio::spawn(self.clone().heartbeat_loop(background.clone()));
+
+        self.clone().read_loop(cancel.clone()).await;
+
+        info!(
+            in_flight = self.in_flight(),
+            "stopped taking entries; finishing in-flight updates"
+        );
+        self.tasks.close();
+        if tokio::time::timeout(self.settings.shutdown_grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                in_flight = self.in_flight(),
+                "grace period over; unfinished entries stay pending and another worker reclaims them"
+            );
+        }
+        background.cancel();
+        let _ = reclaimer.await;
+        let _ = heartbeat.await;
+    }
+
+    fn in_flight(&self) -> usize {
+        self.inflight.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    async fn read_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let mut blocking = self.blocking.clone();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut outage = false;
+        while !cancel.is_cancelled() {
+            let first = tokio::select! {
+                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                _ = cancel.cancelled() => return,
+            };
+            let mut permits = vec![first];
+            while let Ok(p) = self.slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            // Not cancelled mid-read: whatever Redis hands us is ours, and
+            // is handled before the loop notices the shutdown.
+            match stream::read_new(
+                &mut blocking,
+                &self.settings.name,
+                permits.len(),
+                BLOCK.as_millis() as u64,
+            )
+            .await
+            {
+                Ok((entries, bad)) => {
+                    if outage {
+                        info!("Redis reachable again; consuming");
+                        outage = false;
+                    }
+                    backoff.reset();
+                    for (id, reason) in bad {
+                        self.dead_letter_unreadable(&id, &reason).await;
+                    }
+                    for entry in entries {
+                        let Some(permit) = permits.pop() else { break };
+                        self.dispatch(entry, permit);
+                    }
+                }
+                Err(e) if stream::is_nogroup(&e) => {
+                    // The stream or group vanished (Redis restarted without
+                    // its data, or an operator deleted it): recreate.
+                    warn!("consumer group missing; recreating it");
+                    let mut conn = self.redis.clone();
+                    let _ = stream::ensure_group(&mut conn).await;
+                }
+                Err(e) => {
+                    if !outage {
+                        warn!(error = %e, "reading the stream failed; retrying with backoff");
+                        outage = true;
+                    }
+                    drop(permits);
+                    if sleep_or_cancel(backoff.next_delay(), &cancel).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts handling one entry in a handler slot. The single place where
+    /// the order of handling is decided.
+    fn dispatch(self: &Arc<Self>, entry: Entry, permit: OwnedSemaphorePermit) {
+        let span = tracing::info_span!("update", update_id = entry.update_id, entry = %entry.id);
+        let this = self.clone();
+        self.tasks
+            .spawn(async move { this.deliver(entry, permit).await }.instrument(span));
+    }
+
+    async fn deliver(self: Arc<Self>, entry: Entry, permit: OwnedSemaphorePermit) {
+        if let Ok(mut s) = self.inflight.lock() {
+            s.insert(entry.id.clone());
+        }
+        let mut permit = Some(permit);
+        let mut conn = self.redis.clone();
+        loop {
+            // Cheap pre-check; the authoritative one is in the finish script.
+            if let Ok(true) = stream::is_done(&mut conn, entry.update_id).await {
+                if self.finish(&entry, None).await {
+                    self.metrics.deduplicated.inc();
+                    info!("update already handled; acknowledged and skipped");
+                }
+                break;
+            }
+            let started = Instant::now();
+            let result = AssertUnwindSafe(self.handler.handle(&entry))
+                .catch_unwind()
+                .await;
+            self.metrics
+                .latency
+                .observe(started.elapsed().as_secs_f64());
+            let error = match result {
+                Ok(Ok(handled)) => {
+                    let outcome = match handled.outcome {
+                        Outcome::Replied => "replied",
+                        Outcome::Counted => "counted",
+                        Outcome::Refused => "refused",
+                    };
+                    if self.finish(&entry, handled.user.as_ref()).await {
+                        self.metrics.handled(outcome);
+                        debug!(outcome, "update handled");
+                    } else {
+                        self.metrics.deduplicated.inc();
+                        info!(
+                            "update was handled meanwhile by another delivery; not counted twice"
+                        );
+                    }
+                    break;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!("handler panicked: {}", panic_message(&panic)),
+            };
+            self.metrics.failed.inc();
+            let failures = match stream::count_failure(&mut conn, &entry.id).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // Cannot even count: leave the entry pending; once Redis
+                    // is back, the reclaimer hands it out again.
+                    warn!(error = %e, handler_error = %error, "failed, and Redis is unavailable; the entry stays pending");
+                    break;
+                }
+            };
+            if failures >= u64::from(self.settings.max_deliveries) {
+                error!(deliveries = failures, error = %error, "giving up; moving the update to the dead letters");
+                self.dead_letter(&entry, &error, failures).await;
+                break;
+            }
+            warn!(attempt = failures, error = %error, "handling failed; will retry");
+            // Free the slot while waiting, so a poison update does not
+            // starve healthy ones.
+            drop(permit.take());
+            let wait = Duration::from_millis(
+                (250u64 << failures.min(6)).min(self.settings.claim_idle.as_millis() as u64 / 2),
+            );
+            tokio::time::sleep(wait).await;
+            match self.slots.clone().acquire_owned().await {
+                Ok(p) => permit = Some(p),
+                Err(_) => break,
+            }
+        }
+        if let Ok(mut s) = self.inflight.lock() {
+            s.remove(&entry.id);
+        }
+        drop(permit);
+    }
+
+    /// Runs the finish script until it succeeds (a reply already went out:
+    /// losing the "handled" mark would send it again). Gives up only after
+    /// a minute of outage; the entry then stays pending. Returns whether the
+    /// update was fresh (not handled before).
+    async fn finish(&self, entry: &Entry, user: Option<&stream::UserTouch>) -> bool {
+        let mut conn = self.redis.clone();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match self.scripts.finish(&mut conn, entry, user).await {
+                Ok(fresh) => return fresh,
+                Err(e) if Instant::now() < deadline => {
+                    warn!(error = %e, "could not mark the update handled; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => {
+                    error!(error = %e, "could not mark the update handled; it stays pending and may be answered twice");
+                    return true;
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, entry: &Entry, reason: &str, deliveries: u64) {
+        let mut conn = self.redis.clone();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        for _ in 0..20 {
+            match self
+                .scripts
+                .dead_letter(
+                    &mut conn,
+                    &entry.id,
+                    Some(entry.update_id),
+                    &entry.key,
+                    &entry.update,
+                    reason,
+                    deliveries,
+                )
+                .await
+            {
+                Ok(()) => {
+                    self.metrics.dead_lettered.inc();
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not dead-letter yet; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+        error!("could not dead-letter; the entry stays pending and is retried later");
+    }
+
+    async fn dead_letter_unreadable(&self, id: &str, reason: &str) {
+        error!(
+            entry = id,
+            reason, "unreadable stream entry; moving it to the dead letters"
+        );
+        let mut conn = self.redis.clone();
+        if let Err(e) = self
+            .scripts
+            .dead_letter(&mut conn, id, None, "", b"", reason, 1)
+            .await
+        {
+            warn!(error = %e, "could not dead-letter the unreadable entry; it stays pending");
+        } else {
+            self.metrics.dead_lettered.inc();
+        }
+    }
+
+    async fn reclaim_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let idle = self.settings.claim_idle;
+        let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let mut conn = self.redis.clone();
+        let mut last_cleanup = Instant::now();
+        loop {
+            if sleep_or_cancel(tick, &cancel).await {
+                return;
+            }
+            let mut cursor = "0-0".to_string();
+            for _ in 0..20 {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                let page = stream::autoclaim(
+                    &mut conn,
+                    &self.settings.name,
+                    idle.as_millis() as u64,
+                    &cursor,
+                    32,
+                )
+                .await;
+                let (next, entries, bad) = match page {
+                    Ok(p) => p,
+                    Err(e) => {
+                        debug!(error = %e, "reclaim pass failed");
+                        break;
+                    }
+                };
+                for (id, reason) in bad {
+                    self.dead_letter_unreadable(&id, &reason).await;
+                }
+                if !entries.is_empty() {
+                    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+                    let counts = stream::delivery_counts(&mut conn, &ids)
+                        .await
+                        .unwrap_or_default();
+                    for entry in entries {
+                        self.metrics.reclaimed.inc();
+                        let delivered = counts.get(&entry.id).copied().unwrap_or(1);
+                        // Deliveries that never came back with a result: the
+                        // worker handling it died each time. Poison of the
+                        // kind that kills processes ends here too.
+                        if delivered > u64::from(self.settings.max_deliveries) {
+                            let reason = format!("delivered {delivered} times without finishing (the worker handling it died or stalled each time)");
+                            let span = tracing::info_span!("update", update_id = entry.update_id, entry = %entry.id);
+                            async {
+                                error!("{reason}; moving the update to the dead letters");
+                                self.dead_letter(&entry, &reason, delivered).await;
+                            }
+                            .instrument(span)
+                            .await;
+                            continue;
+                        }
+                        info!(update_id = entry.update_id, entry = %entry.id, delivered, "reclaimed an entry from a dead or stalled consumer");
+                        let permit = tokio::select! {
+                            p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                            // Claimed but not started: it stays pending, and
+                            // the next worker's reclaimer takes it.
+                            _ = cancel.cancelled() => return,
+                        };
+                        self.dispatch(entry, permit);
+                    }
+                }
+                if next == "0-0" {
+                    break;
+                }
+                cursor = next;
+            }
+            if last_cleanup.elapsed() >= idle {
+                last_cleanup = Instant::now();
+                self.remove_dead_consumers(&mut conn).await;
+            }
+        }
+    }
+
+    /// Consumer names of dead workers would pile up with every deploy;
+    /// a name goes once it owns nothing and has been silent for ten claim
+    /// periods.
+    async fn remove_dead_consumers(&self, conn: &mut ConnectionManager) {
+        let Ok(list) = stream::consumers(conn).await else {
+            return;
+        };
+        let limit = self.settings.claim_idle.as_millis() as u64 * 10;
+        for c in list {
+            if c.name != self.settings.name && c.pending == 0 && c.idle_ms > limit {
+                if let Ok(1) = stream::delete_consumer(conn, &c.name).await {
+                    info!(consumer = %c.name, idle_ms = c.idle_ms, "removed a consumer that is gone");
+                }
+            }
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let tick = (self.settings.claim_idle / 3).max(Duration::from_millis(30));
+        let mut conn = self.redis.clone();
+        loop {
+            if sleep_or_cancel(tick, &cancel).await {
+                return;
+            }
+            let ids: Vec<String> = match self.inflight.lock() {
+                Ok(s) => s.iter().cloned().collect(),
+                Err(_) => continue,
+            };
+            for chunk in ids.chunks(100) {
+                if let Err(e) = stream::heartbeat(&mut conn, &self.settings.name, chunk).await {
+                    debug!(error = %e, "heartbeat failed");
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps unless cancelled first; returns true when cancelled.
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = cancel.cancelled() => true,
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,55 @@
+//! The worker's optional HTTP listener (`METRICS_PORT`): `/healthz` and
+//! `/metrics`. Off by default, because several workers may share a host.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use redis::aio::ConnectionManager;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+struct HealthState {
+    metrics: Arc<Metrics>,
+    redis: ConnectionManager,
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    redis: ConnectionManager,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    let state = Arc::new(HealthState { metrics, redis });
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics_handler))
+        .with_state(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { cancel.cancelled().await })
+        .await
+}
+
+async fn metrics_handler(State(st): State<Arc<HealthState>>) -> impl IntoResponse {
+    let mut conn = st.redis.clone();
+    let refresh = async {
+        let s = crate::admin::stats(&mut conn).await?;
+        st.metrics.queue_depth.set(s.length as i64);
+        st.metrics.lag.set(s.lag as i64);
+        st.metrics.pending.set(s.pending as i64);
+        Ok::<_, redis::RedisError>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), refresh).await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+}

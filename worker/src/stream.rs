@@ -1,0 +1,395 @@
+//! The worker's side of the Redis stream: group membership, reading,
+//! claiming, finishing and dead-lettering entries.
+//!
+//! Stream growth: an entry is XACKed and XDELeted in the same script that
+//! marks its update handled, so the stream holds the backlog (undelivered
+//! and in-flight entries), never history. We deliberately do not use
+//! `XADD MAXLEN`/`XTRIM`: trimming by length or age cuts from the head
+//! whether or not the entries there were handled, and a slow or stalled
+//! worker fleet would lose updates. Deleting exactly what was handled cannot.
+
+use std::collections::HashMap;
+
+use redis::aio::ConnectionManager;
+use redis::Value;
+
+use shared::envelope::{now_ms, Entry};
+use shared::keys;
+
+pub type RedisResult<T> = redis::RedisResult<T>;
+
+/// Creates the group if missing - also when the stream does not exist yet.
+/// It starts at the beginning of the stream: updates accepted before the
+/// first worker ever ran are handled too.
+pub async fn ensure_group(conn: &mut ConnectionManager) -> RedisResult<()> {
+    let r: RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(keys::STREAM)
+        .arg(keys::GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match r {
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        other => other,
+    }
+}
+
+pub fn is_nogroup(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+/// Parses the reply of XREADGROUP / XRANGE / XCLAIM into entries. Entries
+/// that cannot be read are returned separately so the caller can
+/// dead-letter them instead of leaving them pending forever.
+pub fn parse_entries(v: &Value) -> (Vec<Entry>, Vec<(String, String)>) {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    let Value::Array(items) = v else {
+        return (good, bad);
+    };
+    for item in items {
+        let Value::Array(pair) = item else { continue };
+        if pair.len() != 2 {
+            continue;
+        }
+        let id = match &pair[0] {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            _ => continue,
+        };
+        let mut map = HashMap::new();
+        match &pair[1] {
+            Value::Array(fields) => {
+                for kv in fields.chunks(2) {
+                    if let [Value::BulkString(k), v] = kv {
+                        map.insert(String::from_utf8_lossy(k).into_owned(), v.clone());
+                    }
+                }
+            }
+            Value::Map(fields) => {
+                for (k, v) in fields {
+                    if let Value::BulkString(k) = k {
+                        map.insert(String::from_utf8_lossy(k).into_owned(), v.clone());
+                    }
+                }
+            }
+            // A nil body: the entry was deleted while still pending.
+            _ => continue,
+        }
+        match Entry::from_map(id.clone(), &map) {
+            Ok(e) => good.push(e),
+            Err(reason) => bad.push((id, reason)),
+        }
+    }
+    (good, bad)
+}
+
+/// New entries for this consumer, waiting up to `block_ms` for some.
+pub async fn read_new(
+    conn: &mut ConnectionManager,
+    consumer: &str,
+    count: usize,
+    block_ms: u64,
+) -> RedisResult<(Vec<Entry>, Vec<(String, String)>)> {
+    let v: Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(keys::GROUP)
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block_ms)
+        .arg("STREAMS")
+        .arg(keys::STREAM)
+        .arg(">")
+        .query_async(conn)
+        .await?;
+    // Reply: [[stream, [entries...]]] or nil on timeout (a map under RESP3).
+    let entries = match v {
+        Value::Array(streams) => streams
+            .into_iter()
+            .find_map(|s| match s {
+                Value::Array(mut kv) if kv.len() == 2 => Some(kv.remove(1)),
+                _ => None,
+            })
+            .unwrap_or(Value::Nil),
+        Value::Map(m) => m.into_iter().next().map(|(_, v)| v).unwrap_or(Value::Nil),
+        _ => Value::Nil,
+    };
+    Ok(parse_entries(&entries))
+}
+
+/// Takes over entries idle for `min_idle_ms` (their consumer died or
+/// stalled). One page per call; the caller loops on the returned cursor.
+pub async fn autoclaim(
+    conn: &mut ConnectionManager,
+    consumer: &str,
+    min_idle_ms: u64,
+    cursor: &str,
+    count: usize,
+) -> RedisResult<(String, Vec<Entry>, Vec<(String, String)>)> {
+    let v: Value = redis::cmd("XAUTOCLAIM")
+        .arg(keys::STREAM)
+        .arg(keys::GROUP)
+        .arg(consumer)
+        .arg(min_idle_ms)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    let Value::Array(parts) = v else {
+        return Ok(("0-0".into(), vec![], vec![]));
+    };
+    let next = match parts.first() {
+        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(Value::SimpleString(s)) => s.clone(),
+        _ => "0-0".into(),
+    };
+    let (good, bad) = parts.get(1).map(parse_entries).unwrap_or_default();
+    Ok((next, good, bad))
+}
+
+/// How many times each of these entries has been delivered.
+pub async fn delivery_counts(
+    conn: &mut ConnectionManager,
+    ids: &[&str],
+) -> RedisResult<HashMap<String, u64>> {
+    let mut out = HashMap::new();
+    for id in ids {
+        let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(keys::STREAM)
+            .arg(keys::GROUP)
+            .arg(id)
+            .arg(id)
+            .arg(1)
+            .query_async(conn)
+            .await?;
+        if let Some((_, _, _, n)) = v.first() {
+            out.insert(id.to_string(), *n);
+        }
+    }
+    Ok(out)
+}
+
+/// Resets the idle time of entries this consumer is still working on, so
+/// that a slow handler (a long 429 wait, say) is not mistaken for a dead
+/// one. JUSTID: the delivery count is not incremented.
+pub async fn heartbeat(
+    conn: &mut ConnectionManager,
+    consumer: &str,
+    ids: &[String],
+) -> RedisResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = redis::cmd("XCLAIM");
+    cmd.arg(keys::STREAM).arg(keys::GROUP).arg(consumer).arg(0);
+    for id in ids {
+        cmd.arg(id);
+    }
+    cmd.arg("JUSTID");
+    let _: Value = cmd.query_async(conn).await?;
+    Ok(())
+}
+
+/// What the handler learnt about the sender, written with the "handled"
+/// marker so counts are exact under redelivery.
+#[derive(Debug, Clone, Default)]
+pub struct UserTouch {
+    pub id: i64,
+    pub first_name: String,
+    pub username: String,
+    pub language_code: String,
+    /// A `message` update from the user (not an edit, reaction, ...).
+    pub is_message: bool,
+    pub start_payload: String,
+}
+
+/// Marks the update handled (once), counts it, records the user, and
+/// removes the entry - atomically. Returns false if the update had already
+/// been handled (a duplicate): nothing is counted twice.
+const FINISH_LUA: &str = r#"
+local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
+if fresh then
+  redis.call('HINCRBY', KEYS[5], 'updates_handled', 1)
+  if ARGV[3] ~= '' then
+    redis.call('HSETNX', KEYS[2], 'first_seen', ARGV[2])
+    redis.call('HSET', KEYS[2], 'last_seen', ARGV[2], 'first_name', ARGV[4], 'username', ARGV[5], 'language_code', ARGV[6])
+    if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[2], 'messages', 1) end
+    if ARGV[8] ~= '' then redis.call('HSET', KEYS[2], 'start_payload', ARGV[8]) end
+    redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
+    redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+  end
+else
+  redis.call('HINCRBY', KEYS[5], 'updates_deduplicated', 1)
+end
+redis.call('XACK', KEYS[6], ARGV[9], ARGV[10])
+redis.call('XDEL', KEYS[6], ARGV[10])
+redis.call('HDEL', KEYS[7], ARGV[10])
+if fresh then return 1 end
+return 0
+"#;
+
+/// Moves an entry to the dead letters with the reason, and removes it
+/// from the stream, atomically: it is never in both or in neither.
+const DEAD_LUA: &str = r#"
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'update_id', ARGV[3], 'key', ARGV[4], 'update', ARGV[5], 'error', ARGV[6], 'deliveries', ARGV[7], 'failed_at', ARGV[8])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+redis.call('HINCRBY', KEYS[4], 'updates_dead_lettered', 1)
+return 1
+"#;
+
+pub struct Scripts {
+    finish: redis::Script,
+    dead: redis::Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Self {
+            finish: redis::Script::new(FINISH_LUA),
+            dead: redis::Script::new(DEAD_LUA),
+        }
+    }
+}
+
+impl Scripts {
+    pub async fn finish(
+        &self,
+        conn: &mut ConnectionManager,
+        entry: &Entry,
+        user: Option<&UserTouch>,
+    ) -> RedisResult<bool> {
+        let u = user.cloned().unwrap_or_default();
+        let mut inv = self.finish.prepare_invoke();
+        inv.key(keys::done(entry.update_id))
+            .key(keys::user(u.id))
+            .key(keys::USERS_FIRST_SEEN)
+            .key(keys::USERS_LAST_SEEN)
+            .key(keys::COUNTERS)
+            .key(keys::STREAM)
+            .key(keys::FAILURES)
+            .arg(keys::DONE_TTL_SECS)
+            .arg(now_ms())
+            .arg(if user.is_some() {
+                u.id.to_string()
+            } else {
+                String::new()
+            })
+            .arg(&u.first_name)
+            .arg(&u.username)
+            .arg(&u.language_code)
+            .arg(if u.is_message { "1" } else { "0" })
+            .arg(&u.start_payload)
+            .arg(keys::GROUP)
+            .arg(&entry.id);
+        let fresh: i64 = inv.invoke_async(conn).await?;
+        Ok(fresh == 1)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn dead_letter(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &str,
+        update_id: Option<i64>,
+        key: &str,
+        update: &[u8],
+        error: &str,
+        deliveries: u64,
+    ) -> RedisResult<()> {
+        let mut inv = self.dead.prepare_invoke();
+        inv.key(keys::STREAM)
+            .key(keys::DEAD_STREAM)
+            .key(keys::FAILURES)
+            .key(keys::COUNTERS)
+            .arg(keys::GROUP)
+            .arg(id)
+            .arg(update_id.map(|u| u.to_string()).unwrap_or_default())
+            .arg(key)
+            .arg(update)
+            .arg(error)
+            .arg(deliveries)
+            .arg(now_ms());
+        let _: i64 = inv.invoke_async(conn).await?;
+        Ok(())
+    }
+}
+
+/// Counts a failed delivery; returns the failures so far.
+pub async fn count_failure(conn: &mut ConnectionManager, entry_id: &str) -> RedisResult<u64> {
+    redis::cmd("HINCRBY")
+        .arg(keys::FAILURES)
+        .arg(entry_id)
+        .arg(1)
+        .query_async(conn)
+        .await
+}
+
+pub async fn is_done(conn: &mut ConnectionManager, update_id: i64) -> RedisResult<bool> {
+    redis::cmd("EXISTS")
+        .arg(keys::done(update_id))
+        .query_async(conn)
+        .await
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub pending: u64,
+    pub idle_ms: u64,
+}
+
+pub async fn consumers(conn: &mut ConnectionManager) -> RedisResult<Vec<ConsumerInfo>> {
+    let v: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(keys::STREAM)
+        .arg(keys::GROUP)
+        .query_async(conn)
+        .await?;
+    Ok(v.into_iter()
+        .map(|m| ConsumerInfo {
+            name: m.get("name").and_then(value_string).unwrap_or_default(),
+            pending: m.get("pending").and_then(value_u64).unwrap_or(0),
+            idle_ms: m.get("idle").and_then(value_u64).unwrap_or(0),
+        })
+        .collect())
+}
+
+pub async fn delete_consumer(conn: &mut ConnectionManager, name: &str) -> RedisResult<u64> {
+    redis::cmd("XGROUP")
+        .arg("DELCONSUMER")
+        .arg(keys::STREAM)
+        .arg(keys::GROUP)
+        .arg(name)
+        .query_async(conn)
+        .await
+}
+
+pub fn value_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+pub fn value_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        other => value_string(other)?.parse().ok(),
+    }
+}
+
+pub fn value_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => value_string(other)?.parse().ok(),
+    }
+}

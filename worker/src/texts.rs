@@ -1,0 +1,148 @@
+//! Every text the bot sends, in one place, per language. Russian for users
+//! whose client says `ru` (the original audience), English otherwise.
+
+use shared::stats::{BotStats, UserRecord};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    En,
+    Ru,
+}
+
+impl Lang {
+    pub fn from_code(code: Option<&str>) -> Self {
+        match code {
+            Some(c)
+                if c.eq_ignore_ascii_case("ru") || c.to_ascii_lowercase().starts_with("ru-") =>
+            {
+                Lang::Ru
+            }
+            _ => Lang::En,
+        }
+    }
+}
+
+fn date(ms: i64) -> String {
+    // Civil date from days since the epoch (Howard Hinnant's algorithm):
+    // avoids a date crate for one format.
+    let days = ms.div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+pub fn greeting(lang: Lang, first_name: &str) -> String {
+    match lang {
+        Lang::Ru => format!("Привет, {first_name}! Я бот-пример с надёжной очередью обновлений.\n\n/app — мини-приложение\n/stats — статистика\n/help — все команды"),
+        Lang::En => format!("Hello, {first_name}! I am a demo bot backed by a durable update queue.\n\n/app - open the Mini App\n/stats - statistics\n/help - all commands"),
+    }
+}
+
+pub fn welcome_back(lang: Lang, first_name: &str, first_seen_ms: i64) -> String {
+    let since = date(first_seen_ms);
+    match lang {
+        Lang::Ru => format!("С возвращением, {first_name}! Мы знакомы с {since}.\n\n/app — мини-приложение\n/stats — статистика\n/help — все команды"),
+        Lang::En => format!("Welcome back, {first_name}! We first met on {since}.\n\n/app - open the Mini App\n/stats - statistics\n/help - all commands"),
+    }
+}
+
+pub fn help(lang: Lang) -> String {
+    match lang {
+        Lang::Ru => "Команды:\n/start — начать\n/app — открыть мини-приложение\n/stats — статистика бота и ваша\n/help — этот список".to_string(),
+        Lang::En => "Commands:\n/start - start the bot\n/app - open the Mini App\n/stats - the bot's and your statistics\n/help - this list".to_string(),
+    }
+}
+
+pub fn app_prompt(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Ru => "Откройте мини-приложение:",
+        Lang::En => "Open the Mini App:",
+    }
+}
+
+pub fn app_button(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Ru => "Открыть приложение",
+        Lang::En => "Open app",
+    }
+}
+
+pub fn app_in_group(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Ru => "Мини-приложение открывается в личном чате с ботом:",
+        Lang::En => "The Mini App opens in a private chat with the bot:",
+    }
+}
+
+pub fn app_private_button(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Ru => "Открыть в личном чате",
+        Lang::En => "Open in private chat",
+    }
+}
+
+pub fn app_not_configured(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Ru => {
+            "Мини-приложение не настроено: задайте TELEGRAM_WEBAPP_URL или RAILWAY_PUBLIC_DOMAIN."
+        }
+        Lang::En => {
+            "The Mini App is not configured: set TELEGRAM_WEBAPP_URL or RAILWAY_PUBLIC_DOMAIN."
+        }
+    }
+}
+
+pub fn stats(lang: Lang, bot: &BotStats, me: Option<&UserRecord>) -> String {
+    let mine = |lang| match (lang, me) {
+        (Lang::Ru, Some(u)) => format!(
+            "Вы с нами с {}, сообщений: {}",
+            date(u.first_seen),
+            u.messages
+        ),
+        (Lang::En, Some(u)) => format!(
+            "You since {}, messages sent: {}",
+            date(u.first_seen),
+            u.messages
+        ),
+        (Lang::Ru, None) => "Вы здесь впервые.".to_string(),
+        (Lang::En, None) => "This is your first visit.".to_string(),
+    };
+    match lang {
+        Lang::Ru => format!(
+            "Статистика бота:\nПользователей: {}\nНовых за 24 ч: {}\nАктивных за 24 ч: {}\nОбработано обновлений: {}\nВ очереди: {}\n\n{}",
+            bot.users_total, bot.users_new_24h, bot.users_active_24h, bot.updates_handled, bot.queue_depth, mine(lang)
+        ),
+        Lang::En => format!(
+            "Bot statistics:\nUsers total: {}\nNew in 24 h: {}\nActive in 24 h: {}\nUpdates handled: {}\nQueue depth: {}\n\n{}",
+            bot.users_total, bot.users_new_24h, bot.users_active_24h, bot.updates_handled, bot.queue_depth, mine(lang)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_format() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(1_764_000_000_000), "2025-11-24");
+        assert_eq!(date(951_782_400_000), "2000-02-29");
+    }
+
+    #[test]
+    fn language_choice() {
+        assert_eq!(Lang::from_code(Some("ru")), Lang::Ru);
+        assert_eq!(Lang::from_code(Some("en")), Lang::En);
+        assert_eq!(Lang::from_code(None), Lang::En);
+        assert!(greeting(Lang::Ru, "Иван").contains("Привет"));
+    }
+}
