@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod http;
 pub mod metrics;
+pub mod miniapp;
 pub mod poller;
 pub mod registration;
 
@@ -54,7 +55,16 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Ingr
         enqueuer: Enqueuer::default(),
         metrics: Arc::new(metrics::Metrics::default()),
     });
-    let app = http::router(state.clone());
+    let mut app = http::router(state.clone());
+    // The Mini App API checks initData signatures with the token; with the
+    // bot disabled there is nothing to sign against, so it is not served.
+    if let Some(token) = config.token.clone() {
+        app = app.merge(miniapp::router(miniapp::MiniAppState {
+            redis: redis.clone(),
+            token,
+            max_age: config.initdata_max_age,
+        }));
+    }
 
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<registration::SetupError>(1);
     match (&config.token, config.disabled) {

@@ -103,6 +103,8 @@ pub struct Config {
     pub claim_idle: Duration,
     pub metrics_port: Option<u16>,
     pub initdata_max_age: Duration,
+    /// Keep each chat's updates in acceptance order across workers.
+    pub per_chat_order: bool,
 }
 
 impl fmt::Debug for Config {
@@ -278,7 +280,18 @@ impl Config {
             86_400,
         )?;
 
+        let per_chat_order = match get("WORKER_ORDERING")
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("chat") => true,
+            Some("none") => false,
+            Some(_) => return Err(invalid("WORKER_ORDERING", "must be chat or none")),
+        };
+
         Ok(Self {
+            per_chat_order,
             token: if disabled { None } else { token },
             disabled,
             webhook_url,

@@ -184,12 +184,15 @@ pub enum Enqueued {
     Duplicate,
 }
 
-/// Stores the update and marks its id as seen in one atomic step, so a
-/// resend is recognised without ever producing a second entry, and a crash
-/// between the two writes cannot happen.
+/// Stores the update, marks its id as seen and appends it to its
+/// conversation's order list, in one atomic step: a resend is recognised
+/// without ever producing a second entry, and no crash can leave the three
+/// out of step.
 const ENQUEUE_LUA: &str = r#"
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
-  return redis.call('XADD', KEYS[1], '*', 'update_id', ARGV[2], 'received_at', ARGV[3], 'key', ARGV[4], 'update', ARGV[5])
+  local id = redis.call('XADD', KEYS[1], '*', 'update_id', ARGV[2], 'received_at', ARGV[3], 'key', ARGV[4], 'update', ARGV[5])
+  if ARGV[4] ~= '' then redis.call('RPUSH', KEYS[3], id) end
+  return id
 end
 return false
 "#;
@@ -218,6 +221,7 @@ impl Enqueuer {
             .script
             .key(keys::STREAM)
             .key(keys::seen(probe.update_id))
+            .key(keys::order(&probe.key))
             .arg(keys::SEEN_TTL_SECS)
             .arg(probe.update_id)
             .arg(now_ms())

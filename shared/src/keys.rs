@@ -28,6 +28,15 @@ pub fn done(update_id: i64) -> String {
 /// marker only needs to outlive any possible redelivery.
 pub const DONE_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// Per ordering key (`c<chat>` / `u<user>`), the ids of its entries still
+/// in the stream, in the order the ingress accepted them. Appended in the
+/// same script as the XADD and trimmed in the same script that ends an
+/// entry, so it always matches the stream. A worker may start an entry only
+/// when it is the head of its list.
+pub fn order(key: &str) -> String {
+    format!("tgbot:order:{key}")
+}
+
 /// Hash per user: first_name, username, language_code, first_seen,
 /// last_seen (ms since epoch), start_payload, messages.
 pub fn user(user_id: i64) -> String {

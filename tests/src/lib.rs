@@ -1,1 +1,44 @@
+//! End-to-end test infrastructure: a fake Telegram Bot API checked against
+//! the real spec, a real `redis-server`, the workspace binaries as child
+//! processes, and realistic updates. The tests live in `tests/tests/`.
 
+pub mod fake_bot_api;
+pub mod harness;
+pub mod stack;
+pub mod updates;
+
+pub use fake_bot_api::{FakeBotApi, BOT_USERNAME};
+pub use harness::{assert_token_absent, RedisServer, Service};
+pub use stack::Stack;
+
+/// The bot token every test uses. Shaped like a real one, and loud enough
+/// to spot if it ever reaches a log line.
+pub const TOKEN: &str = "123456789:AAE_test-token-DO-NOT-LEAK_xyz";
+/// The public webhook URL the ingress registers.
+pub const WEBHOOK_URL: &str = "https://bot.example.test/telegram/webhook/";
+pub const WEBHOOK_SECRET: &str = "testsecret";
+/// The Mini App URL the worker's /app button opens.
+pub const WEBAPP_URL: &str = "https://bot.example.test/app/";
+
+/// Whether `s` contains Cyrillic letters (a Russian reply).
+pub fn has_cyrillic(s: &str) -> bool {
+    s.chars().any(|c| matches!(c, '\u{0400}'..='\u{04FF}'))
+}
+
+/// Every whole number written in `s` (digit runs), in order.
+pub fn numbers_in(s: &str) -> Vec<u64> {
+    s.split(|c: char| !c.is_ascii_digit())
+        .filter(|t| !t.is_empty())
+        .filter_map(|t| t.parse().ok())
+        .collect()
+}
+
+/// All inline keyboard buttons of a sendMessage's params, row by row.
+pub fn inline_buttons(params: &serde_json::Value) -> Vec<serde_json::Value> {
+    params["reply_markup"]["inline_keyboard"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|row| row.as_array().cloned().unwrap_or_default())
+        .collect()
+}

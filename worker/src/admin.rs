@@ -247,9 +247,9 @@ pub fn render_dead(list: &[DeadLetter]) -> String {
     out
 }
 
-/// Puts every dead letter back on the stream as a new entry and removes it
-/// from the dead letters, one at a time and atomically, so an interrupted
-/// replay loses or doubles nothing.
+/// Puts every dead letter back on the stream as a new entry (at the end of
+/// its conversation's order) and removes it from the dead letters, one at a
+/// time and atomically, so an interrupted replay loses or doubles nothing.
 const REPLAY_LUA: &str = r#"
 local e = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
 if #e == 0 then return 0 end
@@ -257,7 +257,8 @@ local f = e[1][2]
 local m = {}
 for i = 1, #f, 2 do m[f[i]] = f[i + 1] end
 if m['update'] == nil or m['update'] == '' then return -1 end
-redis.call('XADD', KEYS[1], '*', 'update_id', m['update_id'] or '', 'received_at', ARGV[2], 'key', m['key'] or '', 'update', m['update'])
+local id = redis.call('XADD', KEYS[1], '*', 'update_id', m['update_id'] or '', 'received_at', ARGV[2], 'key', m['key'] or '', 'update', m['update'])
+if (m['key'] or '') ~= '' then redis.call('RPUSH', KEYS[3], id) end
 redis.call('XDEL', KEYS[2], ARGV[1])
 return 1
 "#;
@@ -278,10 +279,12 @@ pub async fn replay_dead(conn: &mut ConnectionManager) -> redis::RedisResult<Rep
         .await?;
     let script = redis::Script::new(REPLAY_LUA);
     let mut report = ReplayReport::default();
-    for (dead_id, _) in entries(&v) {
+    for (dead_id, fields) in entries(&v) {
+        let key = fields.get("key").and_then(value_string).unwrap_or_default();
         let mut inv = script.prepare_invoke();
         inv.key(keys::STREAM)
             .key(keys::DEAD_STREAM)
+            .key(keys::order(&key))
             .arg(&dead_id)
             .arg(now_ms());
         match inv.invoke_async::<i64>(conn).await? {

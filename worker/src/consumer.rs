@@ -10,17 +10,39 @@
 //! - the heartbeat keeps this process's in-flight entries from looking
 //!   idle, so a handler waiting out a long 429 is not robbed.
 //!
-//! Every entry goes through [`Consumer::dispatch`]; ordering policies (such
-//! as per-chat order) plug in there without touching reading or finishing.
+//! Every entry goes through [`Consumer::dispatch`], which decides when it
+//! may run.
+//!
+//! # Per-chat order across workers
+//!
+//! The ingress appends each keyed entry's id to its conversation's list
+//! (`tgbot:order:<key>`, see `shared::keys::order`) in the same script as
+//! the XADD, and the script that ends an entry (handled, duplicate or dead)
+//! removes it from that list. So the head of the list is always the oldest
+//! entry of that chat not yet ended, and only the head may run. An entry
+//! that is not the head is *parked*: held in memory (the backlog it can
+//! cause is bounded by what was already read), kept alive by the heartbeat,
+//! without a handler slot - so parked entries can never starve the slot the
+//! head needs. A park task checks the heads of all parked chats in one
+//! pipelined round trip whenever an entry ends here, and every few
+//! milliseconds otherwise (the head may end on another worker).
+//!
+//! Nothing blocks a chat forever: a head held by a dead worker is
+//! reclaimed after the claim timeout like any entry; a dead-lettered or
+//! duplicate head leaves the list in the script that ends it; a head whose
+//! entry vanished from the stream (a Redis restart without its data) is
+//! dropped after two claim periods. Cost: one list push and one list
+//! removal per update, a hop through the park task, and chats are
+//! sequential - different chats still run in parallel.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use redis::aio::ConnectionManager;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn, Instrument};
@@ -43,6 +65,34 @@ pub struct Settings {
     pub claim_idle: Duration,
     /// How long in-flight handlers may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Keep each chat's updates in acceptance order (see module docs).
+    pub per_chat_order: bool,
+}
+
+/// Entries a process may hold (waiting for a slot, parked or running), as a
+/// multiple of its concurrency. Reading ahead keeps slots busy; the bound
+/// keeps the backlog in Redis rather than in memory.
+const HOLD_FACTOR: usize = 4;
+
+/// A place in the read-ahead budget; `None` for reclaimed entries, which
+/// must never wait for budget (the budget may be full of entries waiting
+/// for exactly the one being reclaimed).
+type Hold = Option<OwnedSemaphorePermit>;
+
+/// How often parked chats look at their heads when nothing ended here.
+const PARK_POLL: Duration = Duration::from_millis(5);
+
+/// A stream id as a sortable pair.
+fn id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+#[derive(Default)]
+struct Parked {
+    by_key: HashMap<String, BTreeMap<(u64, u64), (Entry, Hold)>>,
+    /// The head each parked chat waits for, and since when.
+    waiting_on: HashMap<String, (String, Instant)>,
 }
 
 pub struct Consumer {
@@ -53,7 +103,10 @@ pub struct Consumer {
     metrics: Arc<Metrics>,
     scripts: Scripts,
     slots: Arc<Semaphore>,
+    holds: Arc<Semaphore>,
     inflight: Mutex<HashSet<String>>,
+    parked: Mutex<Parked>,
+    wake: Notify,
     tasks: TaskTracker,
 }
 
@@ -67,6 +120,7 @@ impl Consumer {
     ) -> Arc<Self> {
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(settings.concurrency)),
+            holds: Arc::new(Semaphore::new(settings.concurrency * HOLD_FACTOR)),
             settings,
             redis,
             blocking,
@@ -74,6 +128,8 @@ impl Consumer {
             metrics,
             scripts: Scripts::default(),
             inflight: Mutex::new(HashSet::new()),
+            parked: Mutex::new(Parked::default()),
+            wake: Notify::new(),
             tasks: TaskTracker::new(),
         })
     }
@@ -98,6 +154,7 @@ impl Consumer {
         let background = cancel.child_token();
         let reclaimer = tokio::spawn(self.clone().reclaim_loop(background.clone()));
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(background.clone()));
+        let park = tokio::spawn(self.clone().park_loop(background.clone()));
 
         self.clone().read_loop(cancel.clone()).await;
 
@@ -105,8 +162,17 @@ impl Consumer {
             in_flight = self.in_flight(),
             "stopped taking entries; finishing in-flight updates"
         );
-        self.tasks.close();
-        if tokio::time::timeout(self.settings.shutdown_grace, self.tasks.wait())
+        // Everything already taken - running, waiting for a slot or parked
+        // behind its chat's head - is finished before exiting, so a
+        // redeploy leaves nothing for the claim timeout.
+        let drain = async {
+            while self.in_flight() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            self.tasks.close();
+            self.tasks.wait().await;
+        };
+        if tokio::time::timeout(self.settings.shutdown_grace, drain)
             .await
             .is_err()
         {
@@ -118,6 +184,7 @@ impl Consumer {
         background.cancel();
         let _ = reclaimer.await;
         let _ = heartbeat.await;
+        let _ = park.await;
     }
 
     fn in_flight(&self) -> usize {
@@ -130,12 +197,15 @@ impl Consumer {
         let mut outage = false;
         while !cancel.is_cancelled() {
             let first = tokio::select! {
-                p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                p = self.holds.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 _ = cancel.cancelled() => return,
             };
             let mut permits = vec![first];
-            while let Ok(p) = self.slots.clone().try_acquire_owned() {
-                permits.push(p);
+            while permits.len() < 128 {
+                match self.holds.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
+                }
             }
             // Not cancelled mid-read: whatever Redis hands us is ours, and
             // is handled before the loop notices the shutdown.
@@ -157,8 +227,8 @@ impl Consumer {
                         self.dead_letter_unreadable(&id, &reason).await;
                     }
                     for entry in entries {
-                        let Some(permit) = permits.pop() else { break };
-                        self.dispatch(entry, permit);
+                        let hold = permits.pop();
+                        self.dispatch(entry, hold);
                     }
                 }
                 Err(e) if stream::is_nogroup(&e) => {
@@ -182,25 +252,47 @@ impl Consumer {
         }
     }
 
-    /// Starts handling one entry in a handler slot. The single place where
-    /// the order of handling is decided.
-    fn dispatch(self: &Arc<Self>, entry: Entry, permit: OwnedSemaphorePermit) {
-        let span = tracing::info_span!("update", update_id = entry.update_id, entry = %entry.id);
-        let this = self.clone();
-        self.tasks
-            .spawn(async move { this.deliver(entry, permit).await }.instrument(span));
-    }
-
-    async fn deliver(self: Arc<Self>, entry: Entry, permit: OwnedSemaphorePermit) {
+    /// Decides when an entry runs: at once, or (per-chat order) once it is
+    /// the head of its chat. The single place where order is decided.
+    fn dispatch(self: &Arc<Self>, entry: Entry, hold: Hold) {
         if let Ok(mut s) = self.inflight.lock() {
             s.insert(entry.id.clone());
         }
+        if !self.settings.per_chat_order || entry.key.is_empty() {
+            return self.start(entry, hold);
+        }
+        if let Ok(mut p) = self.parked.lock() {
+            p.by_key
+                .entry(entry.key.clone())
+                .or_default()
+                .insert(id_order(&entry.id), (entry, hold));
+        }
+        self.wake.notify_one();
+    }
+
+    /// Runs an entry as soon as a handler slot is free.
+    fn start(self: &Arc<Self>, entry: Entry, hold: Hold) {
+        let span = tracing::info_span!("update", update_id = entry.update_id, entry = %entry.id);
+        let this = self.clone();
+        self.tasks.spawn(
+            async move {
+                let Ok(slot) = this.slots.clone().acquire_owned().await else {
+                    return;
+                };
+                this.deliver(entry, slot).await;
+                drop(hold);
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn deliver(&self, entry: Entry, permit: OwnedSemaphorePermit) {
         let mut permit = Some(permit);
         let mut conn = self.redis.clone();
         loop {
             // Cheap pre-check; the authoritative one is in the finish script.
             if let Ok(true) = stream::is_done(&mut conn, entry.update_id).await {
-                if self.finish(&entry, None).await {
+                if self.finish(&entry, None).await.0 {
                     self.metrics.deduplicated.inc();
                     info!("update already handled; acknowledged and skipped");
                 }
@@ -220,7 +312,7 @@ impl Consumer {
                         Outcome::Counted => "counted",
                         Outcome::Refused => "refused",
                     };
-                    if self.finish(&entry, handled.user.as_ref()).await {
+                    if self.finish(&entry, handled.user.as_ref()).await.0 {
                         self.metrics.handled(outcome);
                         debug!(outcome, "update handled");
                     } else {
@@ -266,13 +358,19 @@ impl Consumer {
             s.remove(&entry.id);
         }
         drop(permit);
+        // The chat's next entry may be parked here: let it go now.
+        self.wake.notify_one();
     }
 
     /// Runs the finish script until it succeeds (a reply already went out:
     /// losing the "handled" mark would send it again). Gives up only after
     /// a minute of outage; the entry then stays pending. Returns whether the
     /// update was fresh (not handled before).
-    async fn finish(&self, entry: &Entry, user: Option<&stream::UserTouch>) -> bool {
+    async fn finish(
+        &self,
+        entry: &Entry,
+        user: Option<&stream::UserTouch>,
+    ) -> (bool, Option<String>) {
         let mut conn = self.redis.clone();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -285,7 +383,7 @@ impl Consumer {
                 }
                 Err(e) => {
                     error!(error = %e, "could not mark the update handled; it stays pending and may be answered twice");
-                    return true;
+                    return (true, None);
                 }
             }
         }
@@ -393,13 +491,7 @@ impl Consumer {
                             continue;
                         }
                         info!(update_id = entry.update_id, entry = %entry.id, delivered, "reclaimed an entry from a dead or stalled consumer");
-                        let permit = tokio::select! {
-                            p = self.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-                            // Claimed but not started: it stays pending, and
-                            // the next worker's reclaimer takes it.
-                            _ = cancel.cancelled() => return,
-                        };
-                        self.dispatch(entry, permit);
+                        self.dispatch(entry, None);
                     }
                 }
                 if next == "0-0" {
@@ -427,6 +519,106 @@ impl Consumer {
                 if let Ok(1) = stream::delete_consumer(conn, &c.name).await {
                     info!(consumer = %c.name, idle_ms = c.idle_ms, "removed a consumer that is gone");
                 }
+            }
+        }
+    }
+
+    async fn park_loop(self: Arc<Self>, cancel: CancellationToken) {
+        let mut conn = self.redis.clone();
+        let stuck_after = self.settings.claim_idle * 2;
+        loop {
+            let idle = self
+                .parked
+                .lock()
+                .map(|p| p.by_key.is_empty())
+                .unwrap_or(true);
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(PARK_POLL), if !idle => {}
+                _ = cancel.cancelled() => return,
+            }
+            let keys: Vec<String> = match self.parked.lock() {
+                Ok(p) => p.by_key.keys().cloned().collect(),
+                Err(_) => continue,
+            };
+            if keys.is_empty() {
+                continue;
+            }
+            let heads = match stream::heads(&mut conn, &keys).await {
+                Ok(h) => h,
+                Err(e) => {
+                    debug!(error = %e, "reading chat heads failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = cancel.cancelled() => return,
+                    }
+                    continue;
+                }
+            };
+            let mut ready = Vec::new();
+            let mut stuck = Vec::new();
+            if let Ok(mut p) = self.parked.lock() {
+                let Parked { by_key, waiting_on } = &mut *p;
+                for (key, head) in keys.iter().zip(heads) {
+                    let Some(queue) = by_key.get_mut(key) else {
+                        continue;
+                    };
+                    match head {
+                        Some(h) => {
+                            let h_order = id_order(&h);
+                            // Entries older than the head are no longer
+                            // listed: they ended elsewhere (a reclaim race)
+                            // and only need their duplicate acknowledged.
+                            while let Some(first) = queue.first_key_value().map(|(k, _)| *k) {
+                                if first >= h_order {
+                                    break;
+                                }
+                                if let Some(e) = queue.remove(&first) {
+                                    ready.push(e);
+                                }
+                            }
+                            if let Some(e) = queue.remove(&h_order) {
+                                ready.push(e);
+                                waiting_on.remove(key);
+                            } else {
+                                match waiting_on.get(key) {
+                                    Some((w, since)) if *w == h => {
+                                        if since.elapsed() > stuck_after {
+                                            stuck.push((key.clone(), h));
+                                            waiting_on.remove(key);
+                                        }
+                                    }
+                                    _ => {
+                                        waiting_on.insert(key.clone(), (h, Instant::now()));
+                                    }
+                                }
+                            }
+                        }
+                        // Nothing listed: these entries were never listed
+                        // (an older writer) or already ended; run them.
+                        None => {
+                            ready.extend(std::mem::take(queue).into_values());
+                            waiting_on.remove(key);
+                        }
+                    }
+                    if queue.is_empty() {
+                        by_key.remove(key);
+                    }
+                }
+            }
+            for (key, head) in stuck {
+                match stream::heal_head(&mut conn, &key, &head).await {
+                    Ok(true) => {
+                        warn!(chat = %key, entry = %head, "chat was blocked by an entry missing from the stream; skipped it")
+                    }
+                    Ok(false) => {
+                        debug!(chat = %key, entry = %head, "chat head still exists; waiting for it")
+                    }
+                    Err(e) => debug!(error = %e, "healing a chat head failed"),
+                }
+            }
+            for (entry, hold) in ready {
+                self.start(entry, hold);
             }
         }
     }

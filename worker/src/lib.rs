@@ -121,6 +121,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Worker
             max_deliveries: config.max_deliveries,
             claim_idle: config.claim_idle,
             shutdown_grace: SHUTDOWN_GRACE,
+            per_chat_order: config.per_chat_order,
         },
         redis,
         blocking,

@@ -208,9 +208,10 @@ pub struct UserTouch {
     pub start_payload: String,
 }
 
-/// Marks the update handled (once), counts it, records the user, and
-/// removes the entry - atomically. Returns false if the update had already
-/// been handled (a duplicate): nothing is counted twice.
+/// Marks the update handled (once), counts it, records the user, removes
+/// the entry and takes it off its conversation's order list - atomically.
+/// Returns whether the update was fresh (a duplicate is counted nowhere)
+/// and the conversation's next entry id, if any.
 const FINISH_LUA: &str = r#"
 local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
 if fresh then
@@ -229,8 +230,13 @@ end
 redis.call('XACK', KEYS[6], ARGV[9], ARGV[10])
 redis.call('XDEL', KEYS[6], ARGV[10])
 redis.call('HDEL', KEYS[7], ARGV[10])
-if fresh then return 1 end
-return 0
+local head = ''
+if ARGV[11] ~= '' then
+  redis.call('LREM', KEYS[8], 1, ARGV[10])
+  head = redis.call('LINDEX', KEYS[8], 0) or ''
+end
+if fresh then return {1, head} end
+return {0, head}
 "#;
 
 /// Moves an entry to the dead letters with the reason, and removes it
@@ -241,6 +247,7 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[2])
 redis.call('HINCRBY', KEYS[4], 'updates_dead_lettered', 1)
+if ARGV[4] ~= '' then redis.call('LREM', KEYS[5], 1, ARGV[2]) end
 return 1
 "#;
 
@@ -264,7 +271,7 @@ impl Scripts {
         conn: &mut ConnectionManager,
         entry: &Entry,
         user: Option<&UserTouch>,
-    ) -> RedisResult<bool> {
+    ) -> RedisResult<(bool, Option<String>)> {
         let u = user.cloned().unwrap_or_default();
         let mut inv = self.finish.prepare_invoke();
         inv.key(keys::done(entry.update_id))
@@ -274,6 +281,7 @@ impl Scripts {
             .key(keys::COUNTERS)
             .key(keys::STREAM)
             .key(keys::FAILURES)
+            .key(keys::order(&entry.key))
             .arg(keys::DONE_TTL_SECS)
             .arg(now_ms())
             .arg(if user.is_some() {
@@ -287,9 +295,10 @@ impl Scripts {
             .arg(if u.is_message { "1" } else { "0" })
             .arg(&u.start_payload)
             .arg(keys::GROUP)
-            .arg(&entry.id);
-        let fresh: i64 = inv.invoke_async(conn).await?;
-        Ok(fresh == 1)
+            .arg(&entry.id)
+            .arg(&entry.key);
+        let (fresh, head): (i64, String) = inv.invoke_async(conn).await?;
+        Ok((fresh == 1, Some(head).filter(|h| !h.is_empty())))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -308,6 +317,7 @@ impl Scripts {
             .key(keys::DEAD_STREAM)
             .key(keys::FAILURES)
             .key(keys::COUNTERS)
+            .key(keys::order(key))
             .arg(keys::GROUP)
             .arg(id)
             .arg(update_id.map(|u| u.to_string()).unwrap_or_default())
@@ -392,4 +402,38 @@ pub fn value_i64(v: &Value) -> Option<i64> {
         Value::Int(i) => Some(*i),
         other => value_string(other)?.parse().ok(),
     }
+}
+
+/// The first entry id of each conversation's order list (one round trip).
+pub async fn heads(
+    conn: &mut ConnectionManager,
+    order_keys: &[String],
+) -> RedisResult<Vec<Option<String>>> {
+    let mut pipe = redis::pipe();
+    for k in order_keys {
+        pipe.cmd("LINDEX").arg(keys::order(k)).arg(0);
+    }
+    pipe.query_async(conn).await
+}
+
+/// Unblocks a conversation whose head entry no longer exists in the stream
+/// (lost with a Redis that restarted without its data, or removed by hand):
+/// drops the head only if it is still the head and still missing.
+const HEAL_LUA: &str = r#"
+if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[1] then return 0 end
+if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) > 0 then return 0 end
+redis.call('LPOP', KEYS[2])
+return 1
+"#;
+
+pub async fn heal_head(
+    conn: &mut ConnectionManager,
+    order_key: &str,
+    head: &str,
+) -> RedisResult<bool> {
+    let script = redis::Script::new(HEAL_LUA);
+    let mut inv = script.prepare_invoke();
+    inv.key(keys::STREAM).key(keys::order(order_key)).arg(head);
+    let n: i64 = inv.invoke_async(conn).await?;
+    Ok(n == 1)
 }

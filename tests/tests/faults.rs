@@ -1,0 +1,256 @@
+//! The Bot API misbehaving: 429 honoured and not counted as a failure, 5xx
+//! retried, 400/403 end the update, persistent failures dead-lettered with
+//! a reason and replayable (SPEC.md "Worker behaviour", "Operator commands").
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use e2e::harness::run_to_exit;
+use e2e::stack::Stack;
+use e2e::updates::{next_update_id, private_command};
+use serde_json::Value;
+use shared::keys;
+
+async fn dead_letters(s: &Stack) -> u64 {
+    let mut c = s.redis_conn().await;
+    redis::cmd("XLEN")
+        .arg(keys::DEAD_STREAM)
+        .query_async(&mut c)
+        .await
+        .unwrap_or(0)
+}
+
+fn per_chat(s: &Stack) -> HashMap<i64, usize> {
+    let mut m = HashMap::new();
+    for p in s.api.sent_messages() {
+        if let Some(c) = p["chat_id"].as_i64() {
+            *m.entry(c).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_are_honoured_and_not_failures() {
+    // One delivery allowed: if a 429 counted as a failed delivery, the
+    // update would be dead-lettered.
+    let Some(s) = Stack::builder()
+        .worker_env("WORKER_MAX_DELIVERIES", "1")
+        .start()
+        .await
+    else {
+        return;
+    };
+    s.api.rate_limit_every(3, 2);
+    let users: Vec<i64> = (0..15).map(|i| 510_000 + i).collect();
+    for u in &users {
+        s.post_ok(&private_command(
+            next_update_id(),
+            *u,
+            "Rate",
+            Some("en"),
+            "/start",
+        ))
+        .await;
+    }
+    let ok = s
+        .api
+        .wait_for_sent(users.len(), Duration::from_secs(90))
+        .await;
+    assert!(
+        ok,
+        "{} of {} answered under 429s\n{}",
+        s.api.sent_count(),
+        users.len(),
+        s.logs_tail()
+    );
+    s.wait_drained(Duration::from_secs(30)).await;
+    assert!(
+        !s.api.rate_limit_windows().is_empty(),
+        "the fake did answer 429s"
+    );
+    let early = s.api.early_retries();
+    assert!(
+        early.is_empty(),
+        "{} sendMessage call(s) came before retry_after had passed, e.g. {:?} too early",
+        early.len(),
+        early.first().map(|e| e.early_by())
+    );
+    let counts = per_chat(&s);
+    for u in &users {
+        assert_eq!(counts.get(u), Some(&1), "user {u}");
+    }
+    assert_eq!(dead_letters(&s).await, 0, "a 429 is not a failure");
+    s.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_errors_are_retried() {
+    let Some(s) = Stack::start().await else {
+        return;
+    };
+    s.api.server_errors_every(2, 502);
+    let users: Vec<i64> = (0..10).map(|i| 520_000 + i).collect();
+    for u in &users {
+        s.post_ok(&private_command(
+            next_update_id(),
+            *u,
+            "Retry",
+            Some("en"),
+            "/start",
+        ))
+        .await;
+    }
+    let ok = s
+        .api
+        .wait_for_sent(users.len(), Duration::from_secs(90))
+        .await;
+    assert!(
+        ok,
+        "{} of {} answered while every 2nd call got 502\n{}",
+        s.api.sent_count(),
+        users.len(),
+        s.logs_tail()
+    );
+    s.wait_drained(Duration::from_secs(60)).await;
+    let counts = per_chat(&s);
+    for u in &users {
+        assert_eq!(counts.get(u), Some(&1), "user {u}");
+    }
+    assert_eq!(dead_letters(&s).await, 0);
+    s.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blocked_and_missing_chats_end_the_update() {
+    let Some(s) = Stack::start().await else {
+        return;
+    };
+    let (blocked, missing, fine) = (530_001, 530_002, 530_003);
+    s.api.block_chat(blocked);
+    s.api.chat_not_found(missing);
+    for u in [blocked, missing, fine] {
+        s.post_ok(&private_command(
+            next_update_id(),
+            u,
+            "Gone",
+            Some("en"),
+            "/start",
+        ))
+        .await;
+    }
+    s.wait_nth_reply(fine, 1, Duration::from_secs(20)).await;
+    s.wait_drained(Duration::from_secs(30)).await;
+    for chat in [blocked, missing] {
+        let attempts = s
+            .api
+            .calls_to("sendMessage")
+            .iter()
+            .filter(|c| c.chat_id() == Some(chat))
+            .count();
+        assert_eq!(
+            attempts, 1,
+            "chat {chat}: a 400/403 is final, not retried ({attempts} attempts)"
+        );
+    }
+    assert_eq!(
+        dead_letters(&s).await,
+        0,
+        "400/403 end the update as handled"
+    );
+    let logs = s.all_logs();
+    assert!(
+        logs.contains("blocked") || logs.contains("403"),
+        "the reason is logged"
+    );
+    s.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persistent_failures_are_dead_lettered_and_replayable() {
+    let Some(s) = Stack::builder()
+        .worker_env("WORKER_MAX_DELIVERIES", "2")
+        .worker_env("WORKER_CLAIM_IDLE_MS", "500")
+        .start()
+        .await
+    else {
+        return;
+    };
+    s.api.server_errors_every(1, 500);
+    let uid = 540_001;
+    let u = private_command(next_update_id(), uid, "Dead", Some("en"), "/start");
+    s.post_ok(&u).await;
+
+    let redis_url = s.redis.url();
+    let ok = e2e::harness::eventually(Duration::from_secs(120), || {
+        let url = redis_url.clone();
+        async move {
+            let Ok(c) = redis::Client::open(url) else {
+                return false;
+            };
+            let Ok(mut c) = c.get_multiplexed_async_connection().await else {
+                return false;
+            };
+            redis::cmd("XLEN")
+                .arg(keys::DEAD_STREAM)
+                .query_async::<u64>(&mut c)
+                .await
+                .is_ok_and(|n| n == 1)
+        }
+    })
+    .await;
+    assert!(
+        ok,
+        "an update failing every time ends in the dead letters\n{}",
+        s.logs_tail()
+    );
+    s.wait_drained(Duration::from_secs(30)).await;
+    assert!(s.api.sent_messages().is_empty());
+
+    let env = s.worker_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (st, out, err) = run_to_exit(
+        "worker",
+        &["queue", "dead", "--json"],
+        &env,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(st.success(), "queue dead --json: {st}\n{out}\n{err}");
+    let dead: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("queue dead --json prints JSON ({e}):\n{out}\n{err}"));
+    let arr = dead.as_array().expect("an array of dead letters");
+    assert_eq!(arr.len(), 1, "{dead}");
+    let d = &arr[0];
+    for f in ["id", "update_id", "error", "deliveries", "failed_at"] {
+        assert!(d.get(f).is_some(), "dead letter field {f}: {d}");
+    }
+    assert_eq!(
+        d["update_id"]
+            .as_i64()
+            .or_else(|| d["update_id"].as_str().and_then(|s| s.parse().ok())),
+        u["update_id"].as_i64(),
+        "{d}"
+    );
+    assert!(
+        d["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "the reason is kept: {d}"
+    );
+    e2e::assert_token_absent(&out);
+
+    // The Bot API recovers; the operator replays; the user gets the reply.
+    s.api.clear_faults();
+    let (st, out, err) = run_to_exit(
+        "worker",
+        &["queue", "replay-dead"],
+        &env,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(st.success(), "queue replay-dead: {st}\n{out}\n{err}");
+    let r = s.wait_nth_reply(uid, 1, Duration::from_secs(30)).await;
+    assert!(r.shown_text().contains("Dead"), "{:?}", r.shown_text());
+    s.wait_drained(Duration::from_secs(30)).await;
+    assert_eq!(s.api.sent_count(), 1);
+    s.assert_clean();
+}

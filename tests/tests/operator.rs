@@ -1,0 +1,108 @@
+//! Operator commands against a live system (SPEC.md "Operator commands").
+
+use std::time::Duration;
+
+use e2e::harness::run_to_exit;
+use e2e::stack::{ingress_env, Stack};
+use e2e::updates::{next_update_id, private_command};
+use e2e::WEBHOOK_URL;
+use serde_json::Value;
+
+const T: Duration = Duration::from_secs(20);
+
+fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_stats_reports_the_stream() {
+    let Some(s) = Stack::start().await else {
+        return;
+    };
+    for i in 0..5 {
+        s.post_ok(&private_command(
+            next_update_id(),
+            610_000 + i,
+            "Op",
+            Some("en"),
+            "/help",
+        ))
+        .await;
+    }
+    s.api.wait_for_sent(5, T).await;
+    s.wait_drained(T).await;
+
+    let env = s.worker_env();
+    let (st, out, err) =
+        run_to_exit("worker", &["queue", "stats", "--json"], &borrowed(&env), T).await;
+    assert!(st.success(), "{st}\n{out}\n{err}");
+    let v: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("queue stats --json prints JSON ({e}):\n{out}\n{err}"));
+    for f in [
+        "stream",
+        "length",
+        "lag",
+        "pending",
+        "oldest_pending_ms",
+        "consumers",
+        "dead_letters",
+    ] {
+        assert!(v.get(f).is_some(), "field {f} in {v}");
+    }
+    assert_eq!(v["stream"], shared::keys::STREAM);
+    assert_eq!(v["length"].as_u64(), Some(s.stream_len().await), "{v}");
+    assert_eq!(v["pending"], 0, "{v}");
+    assert_eq!(v["dead_letters"], 0, "{v}");
+    let consumers = v["consumers"].as_array().expect("consumers array");
+    assert!(!consumers.is_empty(), "{v}");
+    for c in consumers {
+        for f in ["name", "pending", "idle_ms"] {
+            assert!(c.get(f).is_some(), "consumer field {f}: {c}");
+        }
+    }
+
+    // The human form works too.
+    let (st, out, err) = run_to_exit("worker", &["queue", "stats"], &borrowed(&env), T).await;
+    assert!(st.success() && !out.trim().is_empty(), "{st}\n{out}\n{err}");
+    e2e::assert_token_absent(&out);
+    e2e::assert_token_absent(&err);
+    s.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_info_set_and_delete() {
+    let Some(redis) = e2e::RedisServer::start().await else {
+        return;
+    };
+    let api = e2e::FakeBotApi::start().await;
+    api.preset_webhook(WEBHOOK_URL, Some("testsecret"));
+    api.faults(|f| {
+        f.webhook_last_error = Some((
+            1_700_000_000,
+            "Wrong response from the webhook: 503 Service Unavailable".into(),
+        ))
+    });
+    let env = ingress_env(&api, &redis, e2e::harness::free_port());
+    let env = borrowed(&env);
+
+    let (st, out, err) = run_to_exit("ingress", &["webhook", "info"], &env, T).await;
+    assert!(st.success(), "{st}\n{out}\n{err}");
+    assert!(out.contains(WEBHOOK_URL), "{out}");
+    assert!(
+        out.contains("Wrong response from the webhook: 503 Service Unavailable"),
+        "the last error is shown: {out}"
+    );
+
+    let (st, out, err) = run_to_exit("ingress", &["webhook", "delete"], &env, T).await;
+    assert!(st.success(), "{st}\n{out}\n{err}");
+    assert_eq!(api.webhook().url, "", "deleted");
+
+    let (st, out, err) = run_to_exit("ingress", &["webhook", "set"], &env, T).await;
+    assert!(st.success(), "{st}\n{out}\n{err}");
+    let w = api.webhook();
+    assert_eq!(w.url, WEBHOOK_URL);
+    assert_eq!(w.secret_token.as_deref(), Some("testsecret"));
+    e2e::assert_token_absent(&out);
+    e2e::assert_token_absent(&err);
+    api.assert_no_violations();
+}
