@@ -88,9 +88,12 @@ fn id_order(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
+/// One chat's parked entries, oldest first.
+type ChatQueue = BTreeMap<(u64, u64), (Entry, Hold)>;
+
 #[derive(Default)]
 struct Parked {
-    by_key: HashMap<String, BTreeMap<(u64, u64), (Entry, Hold)>>,
+    by_key: HashMap<String, ChatQueue>,
     /// The head each parked chat waits for, and since when.
     waiting_on: HashMap<String, (String, Instant)>,
 }
