@@ -6,8 +6,14 @@ use tracing_subscriber::EnvFilter;
 use crate::config::LogFormat;
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,reqwest=warn,h2=warn"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The HTTP client stack logs request URLs at debug and trace, and a Bot
+    // API URL holds the token: whatever RUST_LOG asks, these stay at warn.
+    for quiet in ["reqwest=warn", "hyper=warn", "hyper_util=warn", "h2=warn", "rustls=warn"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
