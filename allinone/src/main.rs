@@ -1,12 +1,16 @@
 //! `bot`: ingress (or the poller) and a worker in one process, for a laptop
 //! or a single small service. It composes the two libraries and adds
-//! nothing: the queue between them is the same Redis stream, so what runs
-//! here is what runs in production, minus the second process.
+//! nothing of its own: with `REDIS_URL` the queue between them is the same
+//! Redis stream production uses; without it, the embedded in-process store
+//! (same dedupe, ack and ordering semantics; nothing survives a restart).
 
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
+use shared::store::{MemoryStore, RedisStore, Store};
 use shared::Config;
 
 fn main() -> ExitCode {
@@ -18,12 +22,6 @@ fn main() -> ExitCode {
         }
     };
     shared::telemetry::init(config.log_format);
-    if config.redis_url.is_none() {
-        tracing::info!(
-            "REDIS_URL not set: using {} (start one with `redis-server`)",
-            shared::config::DEFAULT_REDIS_URL
-        );
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,8 +29,26 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         let cancel = CancellationToken::new();
         shared::signals::cancel_on_signal(cancel.clone());
-        let ingress = tokio::spawn(ingress::serve(config.clone(), cancel.clone()));
-        let worker = tokio::spawn(worker::run(config, cancel.clone()));
+        let store: Arc<dyn Store> = match &config.redis_url {
+            Some(url) => match RedisStore::open(url) {
+                Ok(s) => {
+                    tracing::info!(redis = %shared::config::redact_url(url), "queue: Redis");
+                    Arc::new(s)
+                }
+                Err(e) => {
+                    eprintln!("configuration error: REDIS_URL is not usable: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+            None => {
+                tracing::info!(
+                    "queue: embedded in-process (REDIS_URL not set); updates accepted but not yet handled are lost if the process dies"
+                );
+                Arc::new(MemoryStore::new())
+            }
+        };
+        let ingress = tokio::spawn(ingress::serve_with(config.clone(), store.clone(), cancel.clone()));
+        let worker = tokio::spawn(worker::run_with(config, store, cancel.clone()));
         let (i, w) = tokio::join!(
             async {
                 let r = ingress.await;

@@ -12,12 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::BodyExt;
-use redis::aio::ConnectionManager;
 use tracing::{debug, warn, Instrument};
 
-use shared::envelope::{self, BadUpdate, Enqueued, Enqueuer};
-use shared::redis_conn;
+use shared::envelope::{self, BadUpdate, Enqueued};
 use shared::secret::ct_eq;
+use shared::store::Store;
 
 use crate::metrics::Metrics;
 
@@ -29,10 +28,9 @@ pub const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 pub const RETRY_AFTER_SECS: u64 = 5;
 
 pub struct AppState {
-    pub redis: ConnectionManager,
+    pub store: Arc<dyn Store>,
     /// `None` when the bot is disabled: the webhook path then answers 404.
     pub secret: Option<String>,
-    pub enqueuer: Enqueuer,
     pub metrics: Arc<Metrics>,
 }
 
@@ -108,27 +106,20 @@ async fn webhook(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body
     };
     let span = tracing::info_span!("update", update_id = probe.update_id);
     async move {
-        let mut conn = st.redis.clone();
-        let write = st.enqueuer.enqueue(&mut conn, &probe, &bytes);
-        match tokio::time::timeout(redis_conn::COMMAND_TIMEOUT, write).await {
-            Ok(Ok(Enqueued::Stored(id))) => {
+        match st.store.enqueue(&probe, &bytes).await {
+            Ok(Enqueued::Stored(id)) => {
                 st.metrics.enqueued.inc();
                 debug!(entry = %id, "update stored");
                 StatusCode::OK.into_response()
             }
-            Ok(Ok(Enqueued::Duplicate)) => {
+            Ok(Enqueued::Duplicate) => {
                 st.metrics.duplicates.inc();
                 debug!("update already stored; resend acknowledged");
                 StatusCode::OK.into_response()
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 st.metrics.reject("redis_unavailable");
                 warn!(error = %e, "could not store update; answering 503");
-                unavailable("queue unavailable, retry later")
-            }
-            Err(_) => {
-                st.metrics.reject("redis_unavailable");
-                warn!("storing the update timed out; answering 503");
                 unavailable("queue unavailable, retry later")
             }
         }
@@ -138,8 +129,7 @@ async fn webhook(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body
 }
 
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    let mut conn = st.redis.clone();
-    if redis_conn::ping(&mut conn).await {
+    if st.store.ping().await.is_ok() {
         "ready\n".into_response()
     } else {
         unavailable("redis unreachable")
@@ -147,12 +137,8 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    let mut conn = st.redis.clone();
-    let cmd = redis::cmd("XLEN").arg(shared::keys::STREAM).clone();
-    if let Ok(Ok(n)) =
-        tokio::time::timeout(Duration::from_secs(1), cmd.query_async::<i64>(&mut conn)).await
-    {
-        st.metrics.queue_depth.set(n);
+    if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(1), st.store.depth()).await {
+        st.metrics.queue_depth.set(d.length as i64);
     }
     (
         [(

@@ -17,7 +17,7 @@ use tracing::{error, info};
 
 use shared::botapi::BotApi;
 use shared::config::redact_url;
-use shared::envelope::Enqueuer;
+use shared::store::{RedisStore, Store};
 use shared::Config;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +39,17 @@ pub enum IngressError {
 /// Telegram error (a rejected token) ends the process.
 pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), IngressError> {
     let redis_url = config.redis_url_or_default().to_owned();
-    let redis = shared::redis_conn::manager(&redis_url).map_err(IngressError::Redis)?;
+    let store = RedisStore::open(&redis_url).map_err(IngressError::Redis)?;
     info!(redis = %redact_url(&redis_url), "using Redis");
+    serve_with(config, Arc::new(store), cancel).await
+}
+
+/// Serves with any store: the all-in-one passes its embedded one.
+pub async fn serve_with(
+    config: Config,
+    store: Arc<dyn Store>,
+    cancel: CancellationToken,
+) -> Result<(), IngressError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| IngressError::Bind {
@@ -50,9 +59,8 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Ingr
     info!("listening on {}", config.listen);
 
     let state = Arc::new(http::AppState {
-        redis: redis.clone(),
+        store: store.clone(),
         secret: (!config.disabled).then(|| config.webhook_secret.clone()),
-        enqueuer: Enqueuer::default(),
         metrics: Arc::new(metrics::Metrics::default()),
     });
     let mut app = http::router(state.clone());
@@ -60,7 +68,7 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Ingr
     // bot disabled there is nothing to sign against, so it is not served.
     if let Some(token) = config.token.clone() {
         app = app.merge(miniapp::router(miniapp::MiniAppState {
-            redis: redis.clone(),
+            store: store.clone(),
             token,
             max_age: config.initdata_max_age,
         }));
@@ -75,7 +83,7 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Ingr
             let api = BotApi::new(&config.api_url, token);
             let cfg = config.clone();
             let cancel = cancel.clone();
-            let redis = redis.clone();
+            let store = store.clone();
             let metrics = state.metrics.clone();
             tokio::spawn(async move {
                 let result = async {
@@ -84,7 +92,7 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Ingr
                         Some(url) => {
                             registration::configure_webhook(
                                 &api,
-                                &redis,
+                                store.as_ref(),
                                 url,
                                 &cfg.webhook_secret,
                                 cfg.drop_pending_updates,
@@ -94,7 +102,7 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Ingr
                         None => {
                             let poller = poller::Poller {
                                 api: api.clone(),
-                                redis: redis.clone(),
+                                store: store.clone(),
                                 metrics,
                                 instance: instance_name(),
                             };

@@ -12,15 +12,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use shared::botapi::{BotApi, BotApiError};
-use shared::envelope::{self, Enqueued, Enqueuer};
+use shared::envelope::{self, Enqueued};
 use shared::keys;
 use shared::signals::Backoff;
+use shared::store::Store;
 
 use crate::metrics::Metrics;
 use crate::registration::{retrying, SetupError, ALLOWED_UPDATES};
@@ -32,53 +32,27 @@ const HTTP_MARGIN: Duration = Duration::from_secs(3);
 /// Lease length: longer than a whole poll, so it never expires mid-poll.
 const LEASE: Duration = Duration::from_secs(POLL_TIMEOUT_SECS + 5);
 
-const LEASE_LUA: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-const RELEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
 pub struct Poller {
     pub api: BotApi,
-    pub redis: ConnectionManager,
+    pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub instance: String,
 }
 
 impl Poller {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), SetupError> {
-        let lease = redis::Script::new(LEASE_LUA);
-        let enqueuer = Enqueuer::default();
-        let mut conn = self.redis.clone();
         let mut holding = false;
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         info!("Setting up Telegram bot via polling (no webhook URL configured)...");
         while !cancel.is_cancelled() {
-            let mut invocation = lease.key(keys::POLLER_LEASE);
-            invocation.arg(&self.instance).arg(LEASE.as_millis() as u64);
-            let took = invocation.invoke_async::<i64>(&mut conn);
-            let took = match tokio::time::timeout(shared::redis_conn::COMMAND_TIMEOUT, took).await {
-                Ok(Ok(v)) => v == 1,
-                Ok(Err(e)) => {
+            let took = match self
+                .store
+                .lease(keys::POLLER_LEASE, &self.instance, LEASE.as_millis() as u64)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => {
                     warn!(error = %e, "Redis unavailable; polling paused");
-                    holding = false;
-                    sleep_or_cancel(backoff.next_delay(), &cancel).await;
-                    continue;
-                }
-                Err(_) => {
-                    warn!("Redis timed out; polling paused");
                     holding = false;
                     sleep_or_cancel(backoff.next_delay(), &cancel).await;
                     continue;
@@ -105,12 +79,8 @@ impl Poller {
                 retrying("deleteWebhook", || self.api.delete_webhook(false)).await?;
                 info!("Telegram bot configured via polling");
             }
-            let offset: Option<i64> = match redis::cmd("GET")
-                .arg(keys::POLLER_OFFSET)
-                .query_async(&mut conn)
-                .await
-            {
-                Ok(v) => v,
+            let offset: Option<i64> = match self.store.get(keys::POLLER_OFFSET).await {
+                Ok(v) => v.and_then(|v| v.parse().ok()),
                 Err(e) => {
                     warn!(error = %e, "could not read the polling offset");
                     sleep_or_cancel(backoff.next_delay(), &cancel).await;
@@ -159,7 +129,7 @@ impl Poller {
                         continue;
                     }
                 };
-                match enqueuer.enqueue(&mut conn, &probe, &raw).await {
+                match self.store.enqueue(&probe, &raw).await {
                     Ok(Enqueued::Stored(_)) => {
                         self.metrics.enqueued.inc();
                     }
@@ -177,22 +147,14 @@ impl Poller {
             // Only what is stored is confirmed: the offset moves past the
             // stored prefix, and the rest is fetched again.
             if next != offset.unwrap_or(i64::MIN) {
-                let _: redis::RedisResult<()> = redis::cmd("SET")
-                    .arg(keys::POLLER_OFFSET)
-                    .arg(next)
-                    .query_async(&mut conn)
-                    .await;
+                let _ = self.store.set(keys::POLLER_OFFSET, &next.to_string()).await;
             }
             if !stored_all {
                 sleep_or_cancel(backoff.next_delay(), &cancel).await;
             }
         }
         if holding {
-            let _: redis::RedisResult<i64> = redis::Script::new(RELEASE_LUA)
-                .key(keys::POLLER_LEASE)
-                .arg(&self.instance)
-                .invoke_async(&mut conn)
-                .await;
+            let _ = self.store.release(keys::POLLER_LEASE, &self.instance).await;
             info!("polling lease released");
         }
         Ok(())

@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -17,6 +16,7 @@ use url::Url;
 use shared::botapi::{BotApi, BotApiError, User};
 use shared::keys;
 use shared::signals::Backoff;
+use shared::store::Store;
 
 /// The update types the bot asks for. Explicit, because Telegram's default
 /// leaves out member and reaction updates the worker counts.
@@ -153,20 +153,10 @@ pub async fn set_commands(api: &BotApi) -> Result<(), SetupError> {
     Ok(())
 }
 
-async fn redis_try<T: redis::FromRedisValue>(
-    conn: &mut ConnectionManager,
-    cmd: &redis::Cmd,
-) -> redis::RedisResult<T> {
-    match tokio::time::timeout(shared::redis_conn::COMMAND_TIMEOUT, cmd.query_async(conn)).await {
-        Ok(r) => r,
-        Err(_) => Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out"))),
-    }
-}
-
 /// Webhook mode start-up, logged step by step.
 pub async fn configure_webhook(
     api: &BotApi,
-    redis: &ConnectionManager,
+    store: &dyn Store,
     url: &Url,
     secret: &str,
     drop_pending: bool,
@@ -174,11 +164,9 @@ pub async fn configure_webhook(
     info!("Setting up Telegram bot via webhook...");
     info!("Webhook URL: {url}");
     let fp = fingerprint(url, secret);
-    let mut conn = redis.clone();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        let stored: redis::RedisResult<Option<String>> =
-            redis_try(&mut conn, redis::cmd("GET").arg(keys::WEBHOOK_FINGERPRINT)).await;
+        let stored = store.get(keys::WEBHOOK_FINGERPRINT).await;
         let stored = match stored {
             Ok(s) => s,
             Err(e) => {
@@ -196,37 +184,24 @@ pub async fn configure_webhook(
             info!("Webhook already set: {url} (configuration unchanged)");
             break;
         }
-        let lock: redis::RedisResult<Option<String>> = redis_try(
-            &mut conn,
-            redis::cmd("SET")
-                .arg(keys::WEBHOOK_LOCK)
-                .arg(std::process::id())
-                .arg("NX")
-                .arg("PX")
-                .arg(30_000),
-        )
-        .await;
+        let holder = std::process::id().to_string();
+        let lock = store.try_lock(keys::WEBHOOK_LOCK, &holder, 30_000).await;
         match lock {
-            Ok(Some(_)) => {
+            Ok(true) => {
                 let result = async {
                     set_webhook(api, url, secret, drop_pending).await?;
                     set_commands(api).await
                 }
                 .await;
                 if result.is_ok() {
-                    let _: redis::RedisResult<()> = redis_try(
-                        &mut conn,
-                        redis::cmd("SET").arg(keys::WEBHOOK_FINGERPRINT).arg(&fp),
-                    )
-                    .await;
+                    let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
                 }
-                let _: redis::RedisResult<()> =
-                    redis_try(&mut conn, redis::cmd("DEL").arg(keys::WEBHOOK_LOCK)).await;
+                let _ = store.release(keys::WEBHOOK_LOCK, &holder).await;
                 result?;
                 info!("Webhook set: {url}");
                 break;
             }
-            Ok(None) => {
+            Ok(false) => {
                 // Another replica is registering right now; check its result.
                 tokio::time::sleep(Duration::from_millis(1000)).await;
             }

@@ -96,15 +96,16 @@ pub fn probe(body: &[u8]) -> Result<Probe, BadUpdate> {
     let raw: RawUpdate = match serde_json::from_slice(body) {
         Ok(r) if is_object => r,
         Ok(_) => return Err(BadUpdate::NotObject),
-        Err(e) => {
-            if !is_object {
-                return Err(match serde_json::from_slice::<IgnoredAny>(body) {
-                    Ok(_) => BadUpdate::NotObject,
-                    Err(_) => BadUpdate::NotJson,
-                });
-            }
-            if !e.is_data() {
+        Err(_) => {
+            // The shaped parse failed: tell bad JSON from JSON whose known
+            // fields have an unexpected shape (still an update, stored
+            // without an ordering key). serde's own error category cannot:
+            // a shape mismatch inside an array reads as a syntax error.
+            if serde_json::from_slice::<IgnoredAny>(body).is_err() {
                 return Err(BadUpdate::NotJson);
+            }
+            if !is_object {
+                return Err(BadUpdate::NotObject);
             }
             let min: MinimalUpdate =
                 serde_json::from_slice(body).map_err(|_| BadUpdate::NoUpdateId)?;

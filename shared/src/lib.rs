@@ -12,6 +12,7 @@ pub mod redis_conn;
 pub mod secret;
 pub mod signals;
 pub mod stats;
+pub mod store;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError};

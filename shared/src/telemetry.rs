@@ -9,7 +9,13 @@ pub fn init(format: LogFormat) {
     let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // The HTTP client stack logs request URLs at debug and trace, and a Bot
     // API URL holds the token: whatever RUST_LOG asks, these stay at warn.
-    for quiet in ["reqwest=warn", "hyper=warn", "hyper_util=warn", "h2=warn", "rustls=warn"] {
+    for quiet in [
+        "reqwest=warn",
+        "hyper=warn",
+        "hyper_util=warn",
+        "h2=warn",
+        "rustls=warn",
+    ] {
         if let Ok(d) = quiet.parse() {
             filter = filter.add_directive(d);
         }

@@ -410,6 +410,12 @@ pub struct Faults {
     pub server_error_status: u16,
     /// Added to every call except getUpdates (which long-polls anyway).
     pub delay: Duration,
+    /// Each sendMessage additionally waits a random time, uniform in
+    /// `0..=send_jitter` (a handler whose duration varies per call).
+    pub send_jitter: Duration,
+    /// sendMessage to `(chat_id, reply_parameters.message_id)`: answered
+    /// 500, every time - a failure specific to one update of a chat.
+    pub server_error_replies: HashSet<(i64, i64)>,
     /// getMe answers 401: the token is rejected.
     pub get_me_unauthorized: bool,
     /// getMe answers these statuses first (429 with retry_after 1, 500,
@@ -436,6 +442,8 @@ impl Default for Faults {
             server_error_probability: 0.0,
             server_error_status: 500,
             delay: Duration::ZERO,
+            send_jitter: Duration::ZERO,
+            server_error_replies: HashSet::new(),
             get_me_unauthorized: false,
             get_me_failures: VecDeque::new(),
             set_webhook_rate_limit: true,
@@ -774,6 +782,16 @@ impl FakeBotApi {
         self.faults(|f| f.delay = d);
     }
 
+    /// Every sendMessage waits a random time, uniform in `0..=max`.
+    pub fn set_send_jitter(&self, max: Duration) {
+        self.faults(|f| f.send_jitter = max);
+    }
+
+    /// sendMessage to `chat_id` quoting `message_id` gets 500, always.
+    pub fn fail_reply_to(&self, chat_id: i64, message_id: i64) {
+        self.faults(|f| f.server_error_replies.insert((chat_id, message_id)));
+    }
+
     pub fn clear_faults(&self) {
         self.faults(|f| *f = Faults::default());
     }
@@ -1040,9 +1058,16 @@ async fn route(
             return (m.name.clone(), err(400, format!("Bad Request: {e}")), raw);
         }
     };
-    let delay = lock(&st.faults).delay;
+    let (delay, jitter) = {
+        let f = lock(&st.faults);
+        (f.delay, f.send_jitter)
+    };
     if !delay.is_zero() && m.name != "getUpdates" {
         tokio::time::sleep(delay).await;
+    }
+    if !jitter.is_zero() && m.name == "sendMessage" {
+        let us = rand::random_range(0..=jitter.as_micros() as u64);
+        tokio::time::sleep(Duration::from_micros(us)).await;
     }
     let answer = st.dispatch(&m.name, &params).await;
     (m.name.clone(), answer, params)
@@ -1319,6 +1344,13 @@ impl Inner {
             return server_error(f.server_error_status);
         }
         if let Some(id) = chat_num {
+            let quoted = p
+                .get("reply_parameters")
+                .and_then(|r| r.get("message_id"))
+                .and_then(Value::as_i64);
+            if quoted.is_some_and(|m| f.server_error_replies.contains(&(id, m))) {
+                return server_error(500);
+            }
             if f.blocked_chats.contains(&id) {
                 return err(403, "Forbidden: bot was blocked by the user");
             }

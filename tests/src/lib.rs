@@ -2,6 +2,7 @@
 //! the real spec, a real `redis-server`, the workspace binaries as child
 //! processes, and realistic updates. The tests live in `tests/tests/`.
 
+pub mod accounting;
 pub mod fake_bot_api;
 pub mod harness;
 pub mod stack;

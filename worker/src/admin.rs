@@ -10,7 +10,7 @@ use serde::Serialize;
 use shared::envelope::now_ms;
 use shared::keys;
 
-use crate::stream::{self, value_i64, value_string, value_u64};
+use shared::store::redis_ops::{self as stream, value_i64, value_string, value_u64};
 
 #[derive(Debug, Serialize)]
 pub struct ConsumerStats {
@@ -68,52 +68,6 @@ fn entries(v: &Value) -> Vec<(String, HashMap<String, Value>)> {
         .collect()
 }
 
-/// The group's undelivered count. Redis 7 keeps `lag` in XINFO GROUPS, but
-/// it becomes unknown (nil) after deletions, which we do for every handled
-/// entry; then we count the entries after `last-delivered-id` ourselves.
-async fn lag(conn: &mut ConnectionManager) -> redis::RedisResult<u64> {
-    let groups: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
-        .arg("GROUPS")
-        .arg(keys::STREAM)
-        .query_async(conn)
-        .await?;
-    let Some(g) = groups
-        .into_iter()
-        .find(|g| g.get("name").and_then(value_string).as_deref() == Some(keys::GROUP))
-    else {
-        let len: u64 = redis::cmd("XLEN")
-            .arg(keys::STREAM)
-            .query_async(conn)
-            .await?;
-        return Ok(len);
-    };
-    if let Some(l) = g.get("lag").and_then(value_u64) {
-        return Ok(l);
-    }
-    let last = g
-        .get("last-delivered-id")
-        .and_then(value_string)
-        .unwrap_or_else(|| "0-0".into());
-    let mut count = 0u64;
-    let mut start = format!("({last}");
-    loop {
-        let v: Value = redis::cmd("XRANGE")
-            .arg(keys::STREAM)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        let page = entries(&v);
-        if page.is_empty() {
-            return Ok(count);
-        }
-        count += page.len() as u64;
-        start = format!("({}", page[page.len() - 1].0);
-    }
-}
-
 pub async fn stats(conn: &mut ConnectionManager) -> redis::RedisResult<QueueStats> {
     let length: u64 = redis::cmd("XLEN")
         .arg(keys::STREAM)
@@ -143,7 +97,7 @@ pub async fn stats(conn: &mut ConnectionManager) -> redis::RedisResult<QueueStat
         Err(e) if stream::is_nogroup(&e) => vec![],
         Err(e) => return Err(e),
     };
-    let lag = lag(conn).await?;
+    let lag = stream::depth(conn).await?.lag;
     let pending: u64 = consumers.iter().map(|c| c.pending).sum();
     let oldest_pending_ms = if pending > 0 {
         let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")

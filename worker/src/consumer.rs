@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use redis::aio::ConnectionManager;
+
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,7 +52,7 @@ use shared::signals::Backoff;
 
 use crate::handlers::{Handler, Outcome};
 use crate::metrics::Metrics;
-use crate::stream::{self, Scripts};
+use shared::store::{DeadLetterRequest, Store, UserTouch};
 
 /// How long one XREADGROUP waits for new entries before looping (and
 /// noticing a shutdown).
@@ -100,11 +100,9 @@ struct Parked {
 
 pub struct Consumer {
     settings: Settings,
-    redis: ConnectionManager,
-    blocking: ConnectionManager,
+    store: Arc<dyn Store>,
     handler: Arc<dyn Handler>,
     metrics: Arc<Metrics>,
-    scripts: Scripts,
     slots: Arc<Semaphore>,
     holds: Arc<Semaphore>,
     inflight: Mutex<HashSet<String>>,
@@ -116,8 +114,7 @@ pub struct Consumer {
 impl Consumer {
     pub fn new(
         settings: Settings,
-        redis: ConnectionManager,
-        blocking: ConnectionManager,
+        store: Arc<dyn Store>,
         handler: Arc<dyn Handler>,
         metrics: Arc<Metrics>,
     ) -> Arc<Self> {
@@ -125,11 +122,9 @@ impl Consumer {
             slots: Arc::new(Semaphore::new(settings.concurrency)),
             holds: Arc::new(Semaphore::new(settings.concurrency * HOLD_FACTOR)),
             settings,
-            redis,
-            blocking,
+            store,
             handler,
             metrics,
-            scripts: Scripts::default(),
             inflight: Mutex::new(HashSet::new()),
             parked: Mutex::new(Parked::default()),
             wake: Notify::new(),
@@ -144,9 +139,8 @@ impl Consumer {
     /// Runs until `cancel`; then stops taking entries, lets in-flight
     /// handlers finish (bounded by the grace period) and returns.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let mut conn = self.redis.clone();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        while let Err(e) = stream::ensure_group(&mut conn).await {
+        while let Err(e) = self.store.ensure_group().await {
             warn!(error = %e, "cannot create the consumer group yet (Redis unavailable?)");
             if sleep_or_cancel(backoff.next_delay(), &cancel).await {
                 return;
@@ -195,7 +189,6 @@ impl Consumer {
     }
 
     async fn read_loop(self: Arc<Self>, cancel: CancellationToken) {
-        let mut blocking = self.blocking.clone();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut outage = false;
         while !cancel.is_cancelled() {
@@ -212,15 +205,15 @@ impl Consumer {
             }
             // Not cancelled mid-read: whatever Redis hands us is ours, and
             // is handled before the loop notices the shutdown.
-            match stream::read_new(
-                &mut blocking,
-                &self.settings.name,
-                permits.len(),
-                BLOCK.as_millis() as u64,
-            )
-            .await
+            match self
+                .store
+                .read_new(&self.settings.name, permits.len(), BLOCK.as_millis() as u64)
+                .await
             {
-                Ok((entries, bad)) => {
+                Ok(shared::store::Read {
+                    entries,
+                    unreadable: bad,
+                }) => {
                     if outage {
                         info!("Redis reachable again; consuming");
                         outage = false;
@@ -234,12 +227,11 @@ impl Consumer {
                         self.dispatch(entry, hold);
                     }
                 }
-                Err(e) if stream::is_nogroup(&e) => {
+                Err(e) if e.is_nogroup() => {
                     // The stream or group vanished (Redis restarted without
                     // its data, or an operator deleted it): recreate.
                     warn!("consumer group missing; recreating it");
-                    let mut conn = self.redis.clone();
-                    let _ = stream::ensure_group(&mut conn).await;
+                    let _ = self.store.ensure_group().await;
                 }
                 Err(e) => {
                     if !outage {
@@ -291,10 +283,9 @@ impl Consumer {
 
     async fn deliver(&self, entry: Entry, permit: OwnedSemaphorePermit) {
         let mut permit = Some(permit);
-        let mut conn = self.redis.clone();
         loop {
             // Cheap pre-check; the authoritative one is in the finish script.
-            if let Ok(true) = stream::is_done(&mut conn, entry.update_id).await {
+            if let Ok(true) = self.store.is_done(entry.update_id).await {
                 if self.finish(&entry, None).await.0 {
                     self.metrics.deduplicated.inc();
                     info!("update already handled; acknowledged and skipped");
@@ -330,7 +321,7 @@ impl Consumer {
                 Err(panic) => format!("handler panicked: {}", panic_message(&panic)),
             };
             self.metrics.failed.inc();
-            let failures = match stream::count_failure(&mut conn, &entry.id).await {
+            let failures = match self.store.count_failure(&entry.id).await {
                 Ok(n) => n,
                 Err(e) => {
                     // Cannot even count: leave the entry pending; once Redis
@@ -369,16 +360,11 @@ impl Consumer {
     /// losing the "handled" mark would send it again). Gives up only after
     /// a minute of outage; the entry then stays pending. Returns whether the
     /// update was fresh (not handled before).
-    async fn finish(
-        &self,
-        entry: &Entry,
-        user: Option<&stream::UserTouch>,
-    ) -> (bool, Option<String>) {
-        let mut conn = self.redis.clone();
+    async fn finish(&self, entry: &Entry, user: Option<&UserTouch>) -> (bool, Option<String>) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            match self.scripts.finish(&mut conn, entry, user).await {
+            match self.store.finish(entry, user).await {
                 Ok(fresh) => return fresh,
                 Err(e) if Instant::now() < deadline => {
                     warn!(error = %e, "could not mark the update handled; retrying");
@@ -393,22 +379,17 @@ impl Consumer {
     }
 
     async fn dead_letter(&self, entry: &Entry, reason: &str, deliveries: u64) {
-        let mut conn = self.redis.clone();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let request = DeadLetterRequest {
+            id: &entry.id,
+            update_id: Some(entry.update_id),
+            key: &entry.key,
+            update: &entry.update,
+            error: reason,
+            deliveries,
+        };
         for _ in 0..20 {
-            match self
-                .scripts
-                .dead_letter(
-                    &mut conn,
-                    &entry.id,
-                    Some(entry.update_id),
-                    &entry.key,
-                    &entry.update,
-                    reason,
-                    deliveries,
-                )
-                .await
-            {
+            match self.store.dead_letter(request).await {
                 Ok(()) => {
                     self.metrics.dead_lettered.inc();
                     return;
@@ -427,12 +408,15 @@ impl Consumer {
             entry = id,
             reason, "unreadable stream entry; moving it to the dead letters"
         );
-        let mut conn = self.redis.clone();
-        if let Err(e) = self
-            .scripts
-            .dead_letter(&mut conn, id, None, "", b"", reason, 1)
-            .await
-        {
+        let request = DeadLetterRequest {
+            id,
+            update_id: None,
+            key: "",
+            update: b"",
+            error: reason,
+            deliveries: 1,
+        };
+        if let Err(e) = self.store.dead_letter(request).await {
             warn!(error = %e, "could not dead-letter the unreadable entry; it stays pending");
         } else {
             self.metrics.dead_lettered.inc();
@@ -442,7 +426,6 @@ impl Consumer {
     async fn reclaim_loop(self: Arc<Self>, cancel: CancellationToken) {
         let idle = self.settings.claim_idle;
         let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
-        let mut conn = self.redis.clone();
         let mut last_cleanup = Instant::now();
         loop {
             if sleep_or_cancel(tick, &cancel).await {
@@ -453,16 +436,12 @@ impl Consumer {
                 if cancel.is_cancelled() {
                     return;
                 }
-                let page = stream::autoclaim(
-                    &mut conn,
-                    &self.settings.name,
-                    idle.as_millis() as u64,
-                    &cursor,
-                    32,
-                )
-                .await;
+                let page = self
+                    .store
+                    .autoclaim(&self.settings.name, idle.as_millis() as u64, &cursor, 32)
+                    .await;
                 let (next, entries, bad) = match page {
-                    Ok(p) => p,
+                    Ok(p) => (p.next_cursor, p.entries, p.unreadable),
                     Err(e) => {
                         debug!(error = %e, "reclaim pass failed");
                         break;
@@ -472,10 +451,14 @@ impl Consumer {
                     self.dead_letter_unreadable(&id, &reason).await;
                 }
                 if !entries.is_empty() {
-                    let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
-                    let counts = stream::delivery_counts(&mut conn, &ids)
+                    let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                    let counts: HashMap<String, u64> = self
+                        .store
+                        .delivery_counts(&ids)
                         .await
-                        .unwrap_or_default();
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect();
                     for entry in entries {
                         self.metrics.reclaimed.inc();
                         let delivered = counts.get(&entry.id).copied().unwrap_or(1);
@@ -504,7 +487,7 @@ impl Consumer {
             }
             if last_cleanup.elapsed() >= idle {
                 last_cleanup = Instant::now();
-                self.remove_dead_consumers(&mut conn).await;
+                self.remove_dead_consumers().await;
             }
         }
     }
@@ -512,14 +495,14 @@ impl Consumer {
     /// Consumer names of dead workers would pile up with every deploy;
     /// a name goes once it owns nothing and has been silent for ten claim
     /// periods.
-    async fn remove_dead_consumers(&self, conn: &mut ConnectionManager) {
-        let Ok(list) = stream::consumers(conn).await else {
+    async fn remove_dead_consumers(&self) {
+        let Ok(list) = self.store.consumers().await else {
             return;
         };
         let limit = self.settings.claim_idle.as_millis() as u64 * 10;
         for c in list {
             if c.name != self.settings.name && c.pending == 0 && c.idle_ms > limit {
-                if let Ok(1) = stream::delete_consumer(conn, &c.name).await {
+                if let Ok(true) = self.store.delete_consumer(&c.name).await {
                     info!(consumer = %c.name, idle_ms = c.idle_ms, "removed a consumer that is gone");
                 }
             }
@@ -527,7 +510,6 @@ impl Consumer {
     }
 
     async fn park_loop(self: Arc<Self>, cancel: CancellationToken) {
-        let mut conn = self.redis.clone();
         let stuck_after = self.settings.claim_idle * 2;
         loop {
             let idle = self
@@ -547,7 +529,7 @@ impl Consumer {
             if keys.is_empty() {
                 continue;
             }
-            let heads = match stream::heads(&mut conn, &keys).await {
+            let heads = match self.store.heads(&keys).await {
                 Ok(h) => h,
                 Err(e) => {
                     debug!(error = %e, "reading chat heads failed");
@@ -610,7 +592,7 @@ impl Consumer {
                 }
             }
             for (key, head) in stuck {
-                match stream::heal_head(&mut conn, &key, &head).await {
+                match self.store.heal_head(&key, &head).await {
                     Ok(true) => {
                         warn!(chat = %key, entry = %head, "chat was blocked by an entry missing from the stream; skipped it")
                     }
@@ -628,7 +610,6 @@ impl Consumer {
 
     async fn heartbeat_loop(self: Arc<Self>, cancel: CancellationToken) {
         let tick = (self.settings.claim_idle / 3).max(Duration::from_millis(30));
-        let mut conn = self.redis.clone();
         loop {
             if sleep_or_cancel(tick, &cancel).await {
                 return;
@@ -638,7 +619,7 @@ impl Consumer {
                 Err(_) => continue,
             };
             for chunk in ids.chunks(100) {
-                if let Err(e) = stream::heartbeat(&mut conn, &self.settings.name, chunk).await {
+                if let Err(e) = self.store.heartbeat(&self.settings.name, chunk).await {
                     debug!(error = %e, "heartbeat failed");
                 }
             }

@@ -7,17 +7,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::BoxFuture;
-use redis::aio::ConnectionManager;
+
 use serde_json::{json, Value};
 use tracing::{debug, info};
 use url::Url;
 
 use shared::envelope::{now_ms, Entry};
-use shared::stats;
+use shared::store::{Store, StoreError, UserTouch};
 
 use crate::metrics::Metrics;
 use crate::sender::{SendError, Sender};
-use crate::stream::UserTouch;
+
 use crate::texts::{self, Lang};
 use crate::update::{parse_command, Message, Update};
 
@@ -25,8 +25,8 @@ use crate::update::{parse_command, Message, Update};
 pub enum HandlerError {
     #[error(transparent)]
     Send(#[from] SendError),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// How an update ended, for logs and metrics.
@@ -56,7 +56,7 @@ pub struct Bot {
     pub username: String,
     pub webapp_url: Option<Url>,
     pub sender: Sender,
-    pub redis: ConnectionManager,
+    pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -188,8 +188,7 @@ impl Bot {
         let Some(from) = &msg.from else {
             return Ok(self.text_reply(msg, texts::help(lang)));
         };
-        let mut conn = self.redis.clone();
-        let known = stats::user(&mut conn, from.id).await?;
+        let known = self.store.user(from.id).await?;
         let text = match known {
             Some(u) => texts::welcome_back(lang, &from.first_name, u.first_seen),
             None => texts::greeting(lang, &from.first_name),
@@ -222,10 +221,9 @@ impl Bot {
     }
 
     async fn stats_reply(&self, msg: &Message, lang: Lang) -> Result<Value, HandlerError> {
-        let mut conn = self.redis.clone();
-        let bot = stats::bot(&mut conn, now_ms()).await?;
+        let bot = self.store.bot_stats(now_ms()).await?;
         let me = match &msg.from {
-            Some(u) => stats::user(&mut conn, u.id).await?,
+            Some(u) => self.store.user(u.id).await?,
             None => None,
         };
         Ok(self.text_reply(msg, texts::stats(lang, &bot, me.as_ref())))

@@ -9,23 +9,23 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use redis::aio::ConnectionManager;
+use shared::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
 struct HealthState {
     metrics: Arc<Metrics>,
-    redis: ConnectionManager,
+    store: Arc<dyn Store>,
 }
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    redis: ConnectionManager,
+    store: Arc<dyn Store>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let state = Arc::new(HealthState { metrics, redis });
+    let state = Arc::new(HealthState { metrics, store });
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_handler))
@@ -36,13 +36,12 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(st): State<Arc<HealthState>>) -> impl IntoResponse {
-    let mut conn = st.redis.clone();
     let refresh = async {
-        let s = crate::admin::stats(&mut conn).await?;
-        st.metrics.queue_depth.set(s.length as i64);
-        st.metrics.lag.set(s.lag as i64);
-        st.metrics.pending.set(s.pending as i64);
-        Ok::<_, redis::RedisError>(())
+        let d = st.store.depth().await?;
+        st.metrics.queue_depth.set(d.length as i64);
+        st.metrics.lag.set(d.lag as i64);
+        st.metrics.pending.set(d.pending as i64);
+        Ok::<_, shared::store::StoreError>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), refresh).await;
     (

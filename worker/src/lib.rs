@@ -8,7 +8,6 @@ pub mod handlers;
 pub mod health;
 pub mod metrics;
 pub mod sender;
-pub mod stream;
 pub mod texts;
 pub mod update;
 
@@ -21,6 +20,7 @@ use tracing::{info, warn};
 use shared::botapi::BotApi;
 use shared::config::redact_url;
 use shared::signals::Backoff;
+use shared::store::{RedisStore, Store};
 use shared::Config;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +46,20 @@ pub fn consumer_name() -> String {
     format!("{host}-{}-{}", std::process::id(), &id[..8])
 }
 
+/// Runs against the Redis at `REDIS_URL` (the production path).
 pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), WorkerError> {
     let redis_url = config.redis_url_or_default().to_owned();
-    let redis = shared::redis_conn::manager(&redis_url).map_err(WorkerError::Redis)?;
-    let blocking = shared::redis_conn::blocking_manager(&redis_url, Duration::from_secs(2))
-        .map_err(WorkerError::Redis)?;
+    let store = RedisStore::open(&redis_url).map_err(WorkerError::Redis)?;
     info!(redis = %redact_url(&redis_url), "using Redis");
+    run_with(config, Arc::new(store), cancel).await
+}
+
+/// Runs against any store: the all-in-one passes its embedded one.
+pub async fn run_with(
+    config: Config,
+    store: Arc<dyn Store>,
+    cancel: CancellationToken,
+) -> Result<(), WorkerError> {
     let metrics = Arc::new(metrics::Metrics::default());
 
     let health = match config.metrics_port {
@@ -64,7 +72,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Worker
             Some(tokio::spawn(health::serve(
                 listener,
                 metrics.clone(),
-                redis.clone(),
+                store.clone(),
                 cancel.clone(),
             )))
         }
@@ -110,8 +118,8 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Worker
     let bot = handlers::Bot {
         username,
         webapp_url: config.webapp_url.clone(),
-        sender: sender::Sender::new(api, redis.clone(), config.send_rate),
-        redis: redis.clone(),
+        sender: sender::Sender::new(api, store.clone(), config.send_rate),
+        store: store.clone(),
         metrics: metrics.clone(),
     };
     let consumer = consumer::Consumer::new(
@@ -123,8 +131,7 @@ pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), Worker
             shutdown_grace: SHUTDOWN_GRACE,
             per_chat_order: config.per_chat_order,
         },
-        redis,
-        blocking,
+        store,
         Arc::new(bot),
         metrics,
     );

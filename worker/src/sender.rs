@@ -8,42 +8,15 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use std::sync::Arc;
+
 use serde_json::Value;
 use tracing::{info, warn};
 
 use shared::botapi::{BotApi, BotApiError};
-use shared::keys;
+use shared::store::{Budget, Store, StoreError};
 
 use crate::metrics::Metrics;
-
-/// Returns 0 when a send may go now (and books it), else microseconds to
-/// wait. KEYS: global, chat (may be unused). ARGV: global interval µs,
-/// global tolerance µs, chat interval µs (0 = no chat limit), chat tolerance.
-const GCRA_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local function tat_of(key)
-  local v = tonumber(redis.call('GET', key) or '0')
-  if v < now then return now end
-  return v
-end
-local gi, gt, ci, ct = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local g = tat_of(KEYS[1])
-local wait = g - gt - now
-local c = 0
-if ci > 0 then
-  c = tat_of(KEYS[2])
-  local w2 = c - ct - now
-  if w2 > wait then wait = w2 end
-end
-if wait > 0 then return wait end
-redis.call('SET', KEYS[1], tostring(g + gi), 'PX', math.floor((g + gi - now) / 1000) + 1000)
-if ci > 0 then
-  redis.call('SET', KEYS[2], tostring(c + ci), 'PX', math.floor((c + ci - now) / 1000) + 1000)
-end
-return 0
-"#;
 
 /// Groups: 20 messages a minute. An interval of 3.5 s with a burst of 3
 /// keeps any 60 s window at 3 + 60/3.5 < 20.
@@ -62,53 +35,46 @@ pub enum SendError {
     /// Still failing after retries: counts toward dead-lettering.
     #[error("{0}")]
     Transient(BotApiError),
-    #[error("rate limiter unavailable: {0}")]
-    Redis(redis::RedisError),
+    #[error("send budget unavailable: {0}")]
+    Store(StoreError),
 }
 
 pub struct Sender {
     pub api: BotApi,
-    pub redis: ConnectionManager,
+    pub store: Arc<dyn Store>,
     /// Messages per second for the whole bot; 0 = unlimited.
     pub rate: u32,
-    gcra: redis::Script,
 }
 
 impl Sender {
-    pub fn new(api: BotApi, redis: ConnectionManager, rate: u32) -> Self {
-        Self {
-            api,
-            redis,
-            rate,
-            gcra: redis::Script::new(GCRA_LUA),
-        }
+    pub fn new(api: BotApi, store: Arc<dyn Store>, rate: u32) -> Self {
+        Self { api, store, rate }
     }
 
     /// Waits until the shared budget allows one message to `chat_id`.
-    async fn admit(&self, chat_id: i64) -> Result<(), redis::RedisError> {
+    async fn admit(&self, chat_id: i64) -> Result<(), StoreError> {
         if self.rate == 0 {
             return Ok(());
         }
         let interval = 1_000_000 / u64::from(self.rate);
-        let (ci, ct) = if chat_id < 0 {
+        let (chat_interval_us, chat_tolerance_us) = if chat_id < 0 {
             (GROUP_INTERVAL_US, GROUP_INTERVAL_US * (GROUP_BURST - 1))
         } else {
             (0, 0)
         };
-        let mut conn = self.redis.clone();
+        let budget = Budget {
+            chat_id,
+            interval_us: interval,
+            tolerance_us: interval * (GLOBAL_BURST - 1),
+            chat_interval_us,
+            chat_tolerance_us,
+        };
         loop {
-            let mut inv = self.gcra.prepare_invoke();
-            inv.key(keys::RATE_GLOBAL)
-                .key(keys::rate_chat(chat_id))
-                .arg(interval)
-                .arg(interval * (GLOBAL_BURST - 1))
-                .arg(ci)
-                .arg(ct);
-            let wait_us: i64 = inv.invoke_async(&mut conn).await?;
-            if wait_us <= 0 {
+            let wait_us = self.store.admit(budget).await?;
+            if wait_us == 0 {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_micros(wait_us as u64)).await;
+            tokio::time::sleep(Duration::from_micros(wait_us)).await;
         }
     }
 
@@ -126,7 +92,7 @@ impl Sender {
         let mut transient = 0;
         let mut migrated = false;
         loop {
-            self.admit(chat_id).await.map_err(SendError::Redis)?;
+            self.admit(chat_id).await.map_err(SendError::Store)?;
             match self.api.call::<_, Value>(method, &params).await {
                 Ok(v) => {
                     metrics.sent.inc();

@@ -26,11 +26,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use shared::config::BotToken;
 use shared::stats::{BotStats, UserRecord};
+use shared::store::Store;
 
 use self::initdata::WebAppUser;
 
@@ -53,11 +53,10 @@ static PAGE_ETAG: LazyLock<HeaderValue> = LazyLock::new(|| {
         .expect("hex is a valid header value")
 });
 
-/// What the Mini App routes need. Cheap to clone (the connection manager is
-/// a handle to one multiplexed connection).
+/// What the Mini App routes need. Cheap to clone (the store is shared).
 #[derive(Clone)]
 pub struct MiniAppState {
-    pub redis: ConnectionManager,
+    pub store: std::sync::Arc<dyn Store>,
     pub token: BotToken,
     /// `TELEGRAM_INITDATA_MAX_AGE`; zero disables the age check.
     pub max_age: Duration,
@@ -137,13 +136,8 @@ async fn me(State(state): State<MiniAppState>, headers: HeaderMap) -> Response {
         }
     };
 
-    let mut user_conn = state.redis.clone();
-    let mut bot_conn = state.redis.clone();
     let fetched = tokio::time::timeout(shared::redis_conn::COMMAND_TIMEOUT, async {
-        tokio::try_join!(
-            shared::stats::user(&mut user_conn, user.id),
-            shared::stats::bot(&mut bot_conn, now_ms),
-        )
+        tokio::try_join!(state.store.user(user.id), state.store.bot_stats(now_ms))
     })
     .await;
     match fetched {

@@ -61,7 +61,7 @@ async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &
 
 async fn serve(redis_url: &str, max_age: Duration) -> SocketAddr {
     let state = MiniAppState {
-        redis: shared::redis_conn::manager(redis_url).unwrap(),
+        store: std::sync::Arc::new(shared::store::RedisStore::open(redis_url).unwrap()),
         token: BotToken::parse(v::TOKEN).unwrap(),
         max_age,
     };

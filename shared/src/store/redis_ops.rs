@@ -1,5 +1,5 @@
-//! The worker's side of the Redis stream: group membership, reading,
-//! claiming, finishing and dead-lettering entries.
+//! The Redis commands and scripts behind [`super::RedisStore`]: group
+//! membership, reading, claiming, finishing and dead-lettering entries.
 //!
 //! Stream growth: an entry is XACKed and XDELeted in the same script that
 //! marks its update handled, so the stream holds the backlog (undelivered
@@ -13,8 +13,9 @@ use std::collections::HashMap;
 use redis::aio::ConnectionManager;
 use redis::Value;
 
-use shared::envelope::{now_ms, Entry};
-use shared::keys;
+use super::{ConsumerInfo, UserTouch};
+use crate::envelope::{now_ms, Entry};
+use crate::keys;
 
 pub type RedisResult<T> = redis::RedisResult<T>;
 
@@ -195,19 +196,6 @@ pub async fn heartbeat(
     Ok(())
 }
 
-/// What the handler learnt about the sender, written with the "handled"
-/// marker so counts are exact under redelivery.
-#[derive(Debug, Clone, Default)]
-pub struct UserTouch {
-    pub id: i64,
-    pub first_name: String,
-    pub username: String,
-    pub language_code: String,
-    /// A `message` update from the user (not an edit, reaction, ...).
-    pub is_message: bool,
-    pub start_payload: String,
-}
-
 /// Marks the update handled (once), counts it, records the user, removes
 /// the entry and takes it off its conversation's order list - atomically.
 /// Returns whether the update was fresh (a duplicate is counted nowhere)
@@ -348,13 +336,6 @@ pub async fn is_done(conn: &mut ConnectionManager, update_id: i64) -> RedisResul
         .await
 }
 
-#[derive(Debug, Clone)]
-pub struct ConsumerInfo {
-    pub name: String,
-    pub pending: u64,
-    pub idle_ms: u64,
-}
-
 pub async fn consumers(conn: &mut ConnectionManager) -> RedisResult<Vec<ConsumerInfo>> {
     let v: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
         .arg("CONSUMERS")
@@ -436,4 +417,31 @@ pub async fn heal_head(
     inv.key(keys::STREAM).key(keys::order(order_key)).arg(head);
     let n: i64 = inv.invoke_async(conn).await?;
     Ok(n == 1)
+}
+
+/// Length, lag and pending in two commands. Handled and dead entries are
+/// deleted, so every entry in the stream is either pending (delivered, not
+/// acknowledged) or not yet delivered: lag is length minus pending - exact,
+/// where Redis's own `lag` field turns nil after deletions.
+pub async fn depth(conn: &mut ConnectionManager) -> RedisResult<super::Depth> {
+    let length: u64 = redis::cmd("XLEN")
+        .arg(keys::STREAM)
+        .query_async(conn)
+        .await?;
+    let summary: RedisResult<Value> = redis::cmd("XPENDING")
+        .arg(keys::STREAM)
+        .arg(keys::GROUP)
+        .query_async(conn)
+        .await;
+    let pending = match summary {
+        Ok(Value::Array(parts)) => parts.first().and_then(value_u64).unwrap_or(0),
+        Ok(_) => 0,
+        Err(e) if e.code() == Some("NOGROUP") => 0,
+        Err(e) => return Err(e),
+    };
+    Ok(super::Depth {
+        length,
+        lag: length.saturating_sub(pending),
+        pending,
+    })
 }

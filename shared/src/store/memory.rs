@@ -1,0 +1,610 @@
+//! The embedded queue: the store's operations in one process's memory, for
+//! the all-in-one binary when `REDIS_URL` is unset.
+//!
+//! Same semantics as Redis where a single process can observe them: ids
+//! seen on the way in are not stored twice; an entry stays pending until
+//! finished or dead-lettered; a finished update_id is remembered so a
+//! redelivery is skipped; per-chat order lists; failure counts; the shared
+//! send budget. What it cannot do is outlive the process: a restart starts
+//! empty (Telegram resends what it did not get a 200 for; anything accepted
+//! and not yet handled is gone). That is the trade for "nothing to install";
+//! production uses Redis.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::Notify;
+
+use super::{
+    id_order, Budget, Claimed, ConsumerInfo, DeadLetterRequest, Depth, Read, Store, StoreFuture,
+    UserTouch,
+};
+use crate::envelope::{now_ms, Enqueued, Entry, Probe};
+use crate::keys;
+use crate::stats::{BotStats, UserRecord};
+
+type Id = (u64, u64);
+
+fn id_string(id: Id) -> String {
+    format!("{}-{}", id.0, id.1)
+}
+
+struct Pending {
+    consumer: String,
+    since: Instant,
+    deliveries: u64,
+}
+
+/// A dead letter kept in memory (the CLI reads Redis; in embedded mode the
+/// log line at dead-lettering is the operator's record).
+#[derive(Debug, Clone)]
+pub struct MemoryDeadLetter {
+    pub id: String,
+    pub update_id: Option<i64>,
+    pub error: String,
+    pub deliveries: u64,
+    pub failed_at: i64,
+}
+
+#[derive(Default)]
+struct State {
+    last_id: Id,
+    stream: BTreeMap<Id, Entry>,
+    last_delivered: Id,
+    pending: BTreeMap<Id, Pending>,
+    consumers: HashMap<String, Instant>,
+    seen: HashMap<i64, Instant>,
+    done: HashMap<i64, Instant>,
+    failures: HashMap<String, u64>,
+    order: HashMap<String, VecDeque<String>>,
+    dead: Vec<MemoryDeadLetter>,
+    counters: HashMap<&'static str, u64>,
+    users: HashMap<i64, UserRecord>,
+    kv: HashMap<String, (String, Option<Instant>)>,
+    rate: HashMap<String, i64>,
+    ops: u64,
+}
+
+impl State {
+    fn next_id(&mut self) -> Id {
+        let ms = now_ms().max(0) as u64;
+        self.last_id = if ms > self.last_id.0 {
+            (ms, 0)
+        } else {
+            (self.last_id.0, self.last_id.1 + 1)
+        };
+        self.last_id
+    }
+
+    /// Forgets expired dedupe marks now and then, so memory follows the
+    /// traffic of the last days rather than of all time.
+    fn prune(&mut self) {
+        self.ops += 1;
+        if !self.ops.is_multiple_of(1024) {
+            return;
+        }
+        let now = Instant::now();
+        self.seen.retain(|_, exp| *exp > now);
+        self.done.retain(|_, exp| *exp > now);
+        self.kv.retain(|_, (_, exp)| exp.is_none_or(|e| e > now));
+    }
+
+    fn kv_get(&self, key: &str) -> Option<&str> {
+        let (v, exp) = self.kv.get(key)?;
+        if exp.is_some_and(|e| e <= Instant::now()) {
+            return None;
+        }
+        Some(v)
+    }
+
+    fn remove_entry(&mut self, id: &str) -> Option<Entry> {
+        let oid = id_order(id);
+        self.pending.remove(&oid);
+        self.failures.remove(id);
+        let entry = self.stream.remove(&oid);
+        if let Some(e) = &entry {
+            if !e.key.is_empty() {
+                if let Some(list) = self.order.get_mut(&e.key) {
+                    list.retain(|x| x != id);
+                    if list.is_empty() {
+                        self.order.remove(&e.key);
+                    }
+                }
+            }
+        }
+        entry
+    }
+
+    fn head(&self, key: &str) -> Option<String> {
+        self.order.get(key).and_then(|l| l.front().cloned())
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+    arrived: Notify,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn dead_letters(&self) -> Vec<MemoryDeadLetter> {
+        self.state
+            .lock()
+            .map(|s| s.dead.clone())
+            .unwrap_or_default()
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        // A panic while holding the lock cannot leave the maps half-changed
+        // in a way the next caller would trip over; carry on with them.
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        guard.prune();
+        f(&mut guard)
+    }
+}
+
+fn ready<'a, T: Send + 'a>(v: T) -> StoreFuture<'a, T> {
+    futures::future::ready(Ok(v)).boxed()
+}
+
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
+        let out = self.with(|s| {
+            let now = Instant::now();
+            if s.seen.get(&probe.update_id).is_some_and(|exp| *exp > now) {
+                return Enqueued::Duplicate;
+            }
+            s.seen.insert(
+                probe.update_id,
+                now + Duration::from_secs(keys::SEEN_TTL_SECS),
+            );
+            let id = s.next_id();
+            let ids = id_string(id);
+            s.stream.insert(
+                id,
+                Entry {
+                    id: ids.clone(),
+                    update_id: probe.update_id,
+                    received_at_ms: now_ms(),
+                    key: probe.key.clone(),
+                    update: raw.to_vec(),
+                },
+            );
+            if !probe.key.is_empty() {
+                s.order
+                    .entry(probe.key.clone())
+                    .or_default()
+                    .push_back(ids.clone());
+            }
+            Enqueued::Stored(ids)
+        });
+        self.arrived.notify_waiters();
+        ready(out)
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        ready(())
+    }
+
+    fn depth(&self) -> StoreFuture<'_, Depth> {
+        ready(self.with(|s| Depth {
+            length: s.stream.len() as u64,
+            lag: s.stream.len().saturating_sub(s.pending.len()) as u64,
+            pending: s.pending.len() as u64,
+        }))
+    }
+
+    fn get(&self, key: &str) -> StoreFuture<'_, Option<String>> {
+        ready(self.with(|s| s.kv_get(key).map(str::to_owned)))
+    }
+
+    fn set(&self, key: &str, value: &str) -> StoreFuture<'_, ()> {
+        self.with(|s| s.kv.insert(key.to_owned(), (value.to_owned(), None)));
+        ready(())
+    }
+
+    fn try_lock(&self, key: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'_, bool> {
+        ready(self.with(|s| {
+            if s.kv_get(key).is_some() {
+                return false;
+            }
+            let exp = Instant::now() + Duration::from_millis(ttl_ms);
+            s.kv.insert(key.to_owned(), (holder.to_owned(), Some(exp)));
+            true
+        }))
+    }
+
+    fn lease(&self, key: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'_, bool> {
+        ready(self.with(|s| {
+            let free_or_mine = s.kv_get(key).is_none_or(|h| h == holder);
+            if free_or_mine {
+                let exp = Instant::now() + Duration::from_millis(ttl_ms);
+                s.kv.insert(key.to_owned(), (holder.to_owned(), Some(exp)));
+            }
+            free_or_mine
+        }))
+    }
+
+    fn release(&self, key: &str, holder: &str) -> StoreFuture<'_, ()> {
+        self.with(|s| {
+            if s.kv_get(key) == Some(holder) {
+                s.kv.remove(key);
+            }
+        });
+        ready(())
+    }
+
+    fn ensure_group(&self) -> StoreFuture<'_, ()> {
+        ready(())
+    }
+
+    fn read_new<'a>(
+        &'a self,
+        consumer: &'a str,
+        count: usize,
+        block_ms: u64,
+    ) -> StoreFuture<'a, Read> {
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(block_ms);
+            loop {
+                // Registered before looking, so an entry arriving in between
+                // still wakes us.
+                let arrived = self.arrived.notified();
+                tokio::pin!(arrived);
+                arrived.as_mut().enable();
+                let entries = self.with(|s| {
+                    s.consumers.insert(consumer.to_owned(), Instant::now());
+                    let from = s.last_delivered;
+                    let ids: Vec<Id> = s
+                        .stream
+                        .range((std::ops::Bound::Excluded(from), std::ops::Bound::Unbounded))
+                        .take(count)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    let mut out = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        s.last_delivered = id;
+                        s.pending.insert(
+                            id,
+                            Pending {
+                                consumer: consumer.to_owned(),
+                                since: Instant::now(),
+                                deliveries: 1,
+                            },
+                        );
+                        if let Some(e) = s.stream.get(&id) {
+                            out.push(e.clone());
+                        }
+                    }
+                    out
+                });
+                if !entries.is_empty() {
+                    return Ok(Read {
+                        entries,
+                        unreadable: vec![],
+                    });
+                }
+                if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                    return Ok(Read::default());
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn autoclaim<'a>(
+        &'a self,
+        consumer: &'a str,
+        min_idle_ms: u64,
+        cursor: &'a str,
+        count: usize,
+    ) -> StoreFuture<'a, Claimed> {
+        let min_idle = Duration::from_millis(min_idle_ms);
+        ready(self.with(|s| {
+            s.consumers.insert(consumer.to_owned(), Instant::now());
+            let start = id_order(cursor);
+            let mut claimed = Vec::new();
+            let mut next = "0-0".to_string();
+            let mut gone = Vec::new();
+            for (id, p) in s.pending.range_mut(start..) {
+                if claimed.len() >= count {
+                    next = id_string(*id);
+                    break;
+                }
+                if p.since.elapsed() < min_idle {
+                    continue;
+                }
+                p.consumer = consumer.to_owned();
+                p.since = Instant::now();
+                p.deliveries += 1;
+                claimed.push(*id);
+            }
+            let mut entries = Vec::new();
+            for id in claimed {
+                match s.stream.get(&id) {
+                    Some(e) => entries.push(e.clone()),
+                    None => gone.push(id),
+                }
+            }
+            for id in gone {
+                s.pending.remove(&id);
+            }
+            Claimed {
+                next_cursor: next,
+                entries,
+                unreadable: vec![],
+            }
+        }))
+    }
+
+    fn delivery_counts<'a>(&'a self, ids: &'a [String]) -> StoreFuture<'a, Vec<(String, u64)>> {
+        ready(self.with(|s| {
+            ids.iter()
+                .filter_map(|id| Some((id.clone(), s.pending.get(&id_order(id))?.deliveries)))
+                .collect()
+        }))
+    }
+
+    fn heartbeat<'a>(&'a self, consumer: &'a str, ids: &'a [String]) -> StoreFuture<'a, ()> {
+        self.with(|s| {
+            s.consumers.insert(consumer.to_owned(), Instant::now());
+            for id in ids {
+                if let Some(p) = s.pending.get_mut(&id_order(id)) {
+                    if p.consumer == consumer {
+                        p.since = Instant::now();
+                    }
+                }
+            }
+        });
+        ready(())
+    }
+
+    fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
+        ready(self.with(|s| s.done.get(&update_id).is_some_and(|e| *e > Instant::now())))
+    }
+
+    fn finish<'a>(
+        &'a self,
+        entry: &'a Entry,
+        user: Option<&'a UserTouch>,
+    ) -> StoreFuture<'a, (bool, Option<String>)> {
+        ready(self.with(|s| {
+            let now = Instant::now();
+            let fresh = s.done.get(&entry.update_id).is_none_or(|e| *e <= now);
+            if fresh {
+                s.done.insert(
+                    entry.update_id,
+                    now + Duration::from_secs(keys::DONE_TTL_SECS),
+                );
+                *s.counters.entry("updates_handled").or_default() += 1;
+                if let Some(u) = user {
+                    let t = now_ms();
+                    let rec = s.users.entry(u.id).or_insert_with(|| UserRecord {
+                        id: u.id,
+                        first_seen: t,
+                        ..Default::default()
+                    });
+                    rec.last_seen = t;
+                    rec.first_name = u.first_name.clone();
+                    rec.username = Some(u.username.clone()).filter(|x| !x.is_empty());
+                    rec.language_code = Some(u.language_code.clone()).filter(|x| !x.is_empty());
+                    if u.is_message {
+                        rec.messages += 1;
+                    }
+                    if !u.start_payload.is_empty() {
+                        rec.start_payload = Some(u.start_payload.clone());
+                    }
+                }
+            } else {
+                *s.counters.entry("updates_deduplicated").or_default() += 1;
+            }
+            s.remove_entry(&entry.id);
+            let head = if entry.key.is_empty() {
+                None
+            } else {
+                s.head(&entry.key)
+            };
+            (fresh, head)
+        }))
+    }
+
+    fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64> {
+        ready(self.with(|s| {
+            let n = s.failures.entry(entry_id.to_owned()).or_default();
+            *n += 1;
+            *n
+        }))
+    }
+
+    fn dead_letter<'a>(&'a self, d: DeadLetterRequest<'a>) -> StoreFuture<'a, ()> {
+        self.with(|s| {
+            s.remove_entry(d.id);
+            s.dead.push(MemoryDeadLetter {
+                id: d.id.to_owned(),
+                update_id: d.update_id,
+                error: d.error.to_owned(),
+                deliveries: d.deliveries,
+                failed_at: now_ms(),
+            });
+            *s.counters.entry("updates_dead_lettered").or_default() += 1;
+        });
+        ready(())
+    }
+
+    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>> {
+        ready(self.with(|s| {
+            s.consumers
+                .iter()
+                .map(|(name, seen)| ConsumerInfo {
+                    name: name.clone(),
+                    pending: s.pending.values().filter(|p| &p.consumer == name).count() as u64,
+                    idle_ms: seen.elapsed().as_millis() as u64,
+                })
+                .collect()
+        }))
+    }
+
+    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
+        ready(self.with(|s| s.consumers.remove(name).is_some()))
+    }
+
+    fn heads<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<String>>> {
+        ready(self.with(|s| keys.iter().map(|k| s.head(k)).collect()))
+    }
+
+    fn heal_head<'a>(&'a self, key: &'a str, head: &'a str) -> StoreFuture<'a, bool> {
+        ready(self.with(|s| {
+            if s.head(key).as_deref() != Some(head) || s.stream.contains_key(&id_order(head)) {
+                return false;
+            }
+            if let Some(l) = s.order.get_mut(key) {
+                l.pop_front();
+            }
+            true
+        }))
+    }
+
+    fn user(&self, user_id: i64) -> StoreFuture<'_, Option<UserRecord>> {
+        ready(self.with(|s| s.users.get(&user_id).cloned()))
+    }
+
+    fn bot_stats(&self, now_ms: i64) -> StoreFuture<'_, BotStats> {
+        let since = now_ms - 24 * 3600 * 1000;
+        ready(self.with(|s| BotStats {
+            users_total: s.users.len() as u64,
+            users_new_24h: s.users.values().filter(|u| u.first_seen >= since).count() as u64,
+            users_active_24h: s.users.values().filter(|u| u.last_seen >= since).count() as u64,
+            updates_handled: s.counters.get("updates_handled").copied().unwrap_or(0),
+            queue_depth: s.stream.len() as u64,
+        }))
+    }
+
+    fn admit(&self, b: Budget) -> StoreFuture<'_, u64> {
+        ready(self.with(|s| {
+            let now = now_ms() * 1000;
+            let tat = |s: &State, k: &str| s.rate.get(k).copied().unwrap_or(0).max(now);
+            let g = tat(s, keys::RATE_GLOBAL);
+            let mut wait = g - b.tolerance_us as i64 - now;
+            let chat_key = keys::rate_chat(b.chat_id);
+            let c = tat(s, &chat_key);
+            if b.chat_interval_us > 0 {
+                wait = wait.max(c - b.chat_tolerance_us as i64 - now);
+            }
+            if wait > 0 {
+                return wait as u64;
+            }
+            s.rate
+                .insert(keys::RATE_GLOBAL.to_owned(), g + b.interval_us as i64);
+            if b.chat_interval_us > 0 {
+                s.rate.insert(chat_key, c + b.chat_interval_us as i64);
+            }
+            0
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::probe;
+
+    fn update(id: i64, chat: i64) -> (Probe, Vec<u8>) {
+        let raw =
+            format!(r#"{{"update_id":{id},"message":{{"message_id":1,"chat":{{"id":{chat}}}}}}}"#)
+                .into_bytes();
+        (probe(&raw).unwrap(), raw)
+    }
+
+    #[tokio::test]
+    async fn dedupe_in_and_out_ack_and_order() {
+        let m = MemoryStore::new();
+        let (p1, r1) = update(1, 5);
+        let (p2, r2) = update(2, 5);
+        assert!(matches!(
+            m.enqueue(&p1, &r1).await.unwrap(),
+            Enqueued::Stored(_)
+        ));
+        assert_eq!(m.enqueue(&p1, &r1).await.unwrap(), Enqueued::Duplicate);
+        m.enqueue(&p2, &r2).await.unwrap();
+        let read = m.read_new("a", 10, 10).await.unwrap();
+        assert_eq!(read.entries.len(), 2);
+        let (e1, e2) = (&read.entries[0], &read.entries[1]);
+        assert_eq!(
+            m.heads(&["c5".to_string()]).await.unwrap(),
+            vec![Some(e1.id.clone())]
+        );
+        assert_eq!(m.depth().await.unwrap().pending, 2);
+        let (fresh, head) = m.finish(e1, None).await.unwrap();
+        assert!(fresh);
+        assert_eq!(head, Some(e2.id.clone()));
+        assert!(m.is_done(1).await.unwrap());
+        // A redelivered copy of a handled update is a duplicate.
+        let (fresh, _) = m.finish(e1, None).await.unwrap();
+        assert!(!fresh);
+        assert_eq!(m.depth().await.unwrap().length, 1);
+    }
+
+    #[tokio::test]
+    async fn idle_entries_are_claimed_and_dead_letters_leave_the_order() {
+        let m = MemoryStore::new();
+        let (p1, r1) = update(10, 6);
+        m.enqueue(&p1, &r1).await.unwrap();
+        let e = m
+            .read_new("dead-worker", 1, 10)
+            .await
+            .unwrap()
+            .entries
+            .remove(0);
+        let c = m.autoclaim("b", 60_000, "0-0", 10).await.unwrap();
+        assert!(c.entries.is_empty(), "not idle long enough");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let c = m.autoclaim("b", 10, "0-0", 10).await.unwrap();
+        assert_eq!(c.entries.len(), 1);
+        assert_eq!(
+            m.delivery_counts(std::slice::from_ref(&e.id))
+                .await
+                .unwrap()[0]
+                .1,
+            2
+        );
+        assert_eq!(m.count_failure(&e.id).await.unwrap(), 1);
+        m.dead_letter(DeadLetterRequest {
+            id: &e.id,
+            update_id: Some(10),
+            key: &e.key,
+            update: &e.update,
+            error: "boom",
+            deliveries: 2,
+        })
+        .await
+        .unwrap();
+        assert_eq!(m.heads(&["c6".to_string()]).await.unwrap(), vec![None]);
+        assert_eq!(m.dead_letters()[0].error, "boom");
+        assert_eq!(m.depth().await.unwrap().length, 0);
+    }
+
+    #[tokio::test]
+    async fn blocking_read_wakes_on_arrival() {
+        let m = std::sync::Arc::new(MemoryStore::new());
+        let m2 = m.clone();
+        let reader = tokio::spawn(async move { m2.read_new("a", 1, 5_000).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let (p, r) = update(20, 7);
+        m.enqueue(&p, &r).await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(2), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(read.entries.len(), 1);
+    }
+}

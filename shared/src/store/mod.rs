@@ -1,0 +1,185 @@
+//! Where the queue and the bot's state live: the operations ingress and
+//! worker need, behind one trait, with two implementations.
+//!
+//! - [`RedisStore`]: the production path. The stream, consumer group, order
+//!   lists, dedupe marks, stats and the shared send budget live in Redis,
+//!   and every multi-step change is one Lua script.
+//! - [`MemoryStore`]: the all-in-one's embedded queue when `REDIS_URL` is
+//!   unset. The same operations with the same semantics (dedupe by
+//!   `update_id` on the way in and on the way out, acknowledgement only
+//!   when handled, per-chat order, failure counts and dead letters) inside
+//!   one process; nothing to install, nothing survives a restart.
+//!
+//! The trait speaks in the queue's terms (enqueue, read, claim, finish,
+//! dead-letter), not in Redis commands, so the two stay interchangeable.
+
+mod memory;
+pub mod redis_ops;
+mod redis_store;
+
+use futures::future::BoxFuture;
+
+pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
+
+use crate::envelope::{Enqueued, Entry, Probe};
+use crate::stats::{BotStats, UserRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("timed out")]
+    Timeout,
+}
+
+impl StoreError {
+    /// The consumer group (or the whole stream) is gone: Redis restarted
+    /// without its data, or someone deleted it.
+    pub fn is_nogroup(&self) -> bool {
+        matches!(self, Self::Redis(e) if e.code() == Some("NOGROUP"))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+pub type StoreFuture<'a, T> = BoxFuture<'a, StoreResult<T>>;
+
+/// What the handler learnt about the sender, written with the "handled"
+/// marker so counts are exact under redelivery.
+#[derive(Debug, Clone, Default)]
+pub struct UserTouch {
+    pub id: i64,
+    pub first_name: String,
+    pub username: String,
+    pub language_code: String,
+    /// A `message` update from the user (not an edit, reaction, ...).
+    pub is_message: bool,
+    pub start_payload: String,
+}
+
+/// A page of entries taken over from other consumers.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub next_cursor: String,
+    pub entries: Vec<Entry>,
+    /// Entries that cannot be read (id, reason): to be dead-lettered.
+    pub unreadable: Vec<(String, String)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Read {
+    pub entries: Vec<Entry>,
+    pub unreadable: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerInfo {
+    pub name: String,
+    pub pending: u64,
+    pub idle_ms: u64,
+}
+
+/// Numbers for gauges: entries in the stream, not yet delivered, delivered
+/// and not acknowledged.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Depth {
+    pub length: u64,
+    pub lag: u64,
+    pub pending: u64,
+}
+
+/// A send-budget request: the shared bot-wide rate and, for groups, the
+/// per-chat one (intervals and burst tolerances in microseconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub chat_id: i64,
+    pub interval_us: u64,
+    pub tolerance_us: u64,
+    pub chat_interval_us: u64,
+    pub chat_tolerance_us: u64,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Which implementation, for logs.
+    fn kind(&self) -> &'static str;
+
+    // --- the way in ---
+    /// Stores an update (and marks its id seen, and appends it to its
+    /// chat's order) atomically; a seen id is a [`Enqueued::Duplicate`].
+    fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued>;
+    fn ping(&self) -> StoreFuture<'_, ()>;
+    fn depth(&self) -> StoreFuture<'_, Depth>;
+
+    // --- coordination between replicas ---
+    fn get(&self, key: &str) -> StoreFuture<'_, Option<String>>;
+    fn set(&self, key: &str, value: &str) -> StoreFuture<'_, ()>;
+    /// SET NX with a time to live; true when taken.
+    fn try_lock(&self, key: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'_, bool>;
+    /// Takes the lease if free or renews it if `holder` has it.
+    fn lease(&self, key: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'_, bool>;
+    /// Gives the lease or lock up, only if `holder` has it.
+    fn release(&self, key: &str, holder: &str) -> StoreFuture<'_, ()>;
+
+    // --- the way out ---
+    fn ensure_group(&self) -> StoreFuture<'_, ()>;
+    /// New entries for `consumer`, waiting up to `block_ms` for some.
+    fn read_new<'a>(
+        &'a self,
+        consumer: &'a str,
+        count: usize,
+        block_ms: u64,
+    ) -> StoreFuture<'a, Read>;
+    /// Takes over entries idle at least `min_idle_ms`, one page per call.
+    fn autoclaim<'a>(
+        &'a self,
+        consumer: &'a str,
+        min_idle_ms: u64,
+        cursor: &'a str,
+        count: usize,
+    ) -> StoreFuture<'a, Claimed>;
+    /// Times each entry has been delivered (claims included).
+    fn delivery_counts<'a>(&'a self, ids: &'a [String]) -> StoreFuture<'a, Vec<(String, u64)>>;
+    /// Resets the idle time of entries `consumer` is still working on.
+    fn heartbeat<'a>(&'a self, consumer: &'a str, ids: &'a [String]) -> StoreFuture<'a, ()>;
+    fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool>;
+    /// Marks the update handled (once), counts it, records the user, removes
+    /// the entry and takes it off its chat's order - atomically. Returns
+    /// whether it was fresh and the chat's next entry id.
+    fn finish<'a>(
+        &'a self,
+        entry: &'a Entry,
+        user: Option<&'a UserTouch>,
+    ) -> StoreFuture<'a, (bool, Option<String>)>;
+    /// Counts a failed delivery; returns the failures so far.
+    fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64>;
+    /// Moves the entry to the dead letters with the reason, atomically.
+    fn dead_letter<'a>(&'a self, dead: DeadLetterRequest<'a>) -> StoreFuture<'a, ()>;
+    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>>;
+    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool>;
+    /// The first entry id of each chat's order list.
+    fn heads<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<String>>>;
+    /// Drops a chat's head if it is still the head and its entry is gone.
+    fn heal_head<'a>(&'a self, key: &'a str, head: &'a str) -> StoreFuture<'a, bool>;
+
+    // --- state the commands read ---
+    fn user(&self, user_id: i64) -> StoreFuture<'_, Option<UserRecord>>;
+    fn bot_stats(&self, now_ms: i64) -> StoreFuture<'_, BotStats>;
+    /// 0 when a message may go now (and books it), else microseconds to wait.
+    fn admit(&self, budget: Budget) -> StoreFuture<'_, u64>;
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetterRequest<'a> {
+    pub id: &'a str,
+    pub update_id: Option<i64>,
+    pub key: &'a str,
+    pub update: &'a [u8],
+    pub error: &'a str,
+    pub deliveries: u64,
+}
+
+/// A stream id as a sortable pair.
+pub fn id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}

@@ -1,0 +1,380 @@
+//! The production store: everything in Redis.
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use redis::aio::ConnectionManager;
+
+use super::redis_ops::{self, Scripts};
+use super::{
+    Budget, Claimed, ConsumerInfo, DeadLetterRequest, Depth, Read, Store, StoreError, StoreFuture,
+    StoreResult, UserTouch,
+};
+use crate::envelope::{Enqueued, Enqueuer, Entry, Probe};
+use crate::keys;
+use crate::redis_conn::{self, COMMAND_TIMEOUT};
+use crate::stats::{self, BotStats, UserRecord};
+
+const LEASE_LUA: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if v == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+/// Returns 0 when a send may go now (and books it), else microseconds to
+/// wait. GCRA: one timestamp per key, no per-request bookkeeping. KEYS:
+/// global, chat. ARGV: global interval µs, global tolerance µs, chat
+/// interval µs (0 = no chat limit), chat tolerance µs.
+const GCRA_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function tat_of(key)
+  local v = tonumber(redis.call('GET', key) or '0')
+  if v < now then return now end
+  return v
+end
+local gi, gt, ci, ct = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local g = tat_of(KEYS[1])
+local wait = g - gt - now
+local c = 0
+if ci > 0 then
+  c = tat_of(KEYS[2])
+  local w2 = c - ct - now
+  if w2 > wait then wait = w2 end
+end
+if wait > 0 then return wait end
+redis.call('SET', KEYS[1], tostring(g + gi), 'PX', math.floor((g + gi - now) / 1000) + 1000)
+if ci > 0 then
+  redis.call('SET', KEYS[2], tostring(c + ci), 'PX', math.floor((c + ci - now) / 1000) + 1000)
+end
+return 0
+"#;
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    /// Its own connection for `XREADGROUP BLOCK`, with a response timeout
+    /// longer than the block.
+    blocking: ConnectionManager,
+    enqueuer: Enqueuer,
+    scripts: Scripts,
+    lease: redis::Script,
+    release: redis::Script,
+    gcra: redis::Script,
+}
+
+/// The longest a blocking read may wait.
+pub const MAX_BLOCK: Duration = Duration::from_secs(2);
+
+impl RedisStore {
+    /// Lazy: never fails because Redis is down, only on a malformed URL.
+    pub fn open(url: &str) -> redis::RedisResult<Self> {
+        Ok(Self {
+            conn: redis_conn::manager(url)?,
+            blocking: redis_conn::blocking_manager(url, MAX_BLOCK)?,
+            enqueuer: Enqueuer::default(),
+            scripts: Scripts::default(),
+            lease: redis::Script::new(LEASE_LUA),
+            release: redis::Script::new(RELEASE_LUA),
+            gcra: redis::Script::new(GCRA_LUA),
+        })
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+/// Every command gets a hard deadline: a dead Redis must never hang a
+/// caller, whatever the client library's own timeouts do.
+async fn bounded<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>) -> StoreResult<T> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(r) => r.map_err(StoreError::from),
+        Err(_) => Err(StoreError::Timeout),
+    }
+}
+
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(self.enqueuer.enqueue(&mut c, probe, raw)).await
+        }
+        .boxed()
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        async move {
+            let mut c = self.conn.clone();
+            if redis_conn::ping(&mut c).await {
+                Ok(())
+            } else {
+                Err(StoreError::Timeout)
+            }
+        }
+        .boxed()
+    }
+
+    fn depth(&self) -> StoreFuture<'_, Depth> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::depth(&mut c)).await
+        }
+        .boxed()
+    }
+
+    fn get(&self, key: &str) -> StoreFuture<'_, Option<String>> {
+        let cmd = redis::cmd("GET").arg(key).clone();
+        async move {
+            let mut c = self.conn.clone();
+            bounded(cmd.query_async(&mut c)).await
+        }
+        .boxed()
+    }
+
+    fn set(&self, key: &str, value: &str) -> StoreFuture<'_, ()> {
+        let cmd = redis::cmd("SET").arg(key).arg(value).clone();
+        async move {
+            let mut c = self.conn.clone();
+            bounded(cmd.query_async(&mut c)).await
+        }
+        .boxed()
+    }
+
+    fn try_lock(&self, key: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'_, bool> {
+        let cmd = redis::cmd("SET")
+            .arg(key)
+            .arg(holder)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .clone();
+        async move {
+            let mut c = self.conn.clone();
+            let r: Option<String> = bounded(cmd.query_async(&mut c)).await?;
+            Ok(r.is_some())
+        }
+        .boxed()
+    }
+
+    fn lease(&self, key: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'_, bool> {
+        let mut inv = self.lease.prepare_invoke();
+        inv.key(key).arg(holder).arg(ttl_ms);
+        async move {
+            let mut c = self.conn.clone();
+            let n: i64 = bounded(inv.invoke_async(&mut c)).await?;
+            Ok(n == 1)
+        }
+        .boxed()
+    }
+
+    fn release(&self, key: &str, holder: &str) -> StoreFuture<'_, ()> {
+        let mut inv = self.release.prepare_invoke();
+        inv.key(key).arg(holder);
+        async move {
+            let mut c = self.conn.clone();
+            let _: i64 = bounded(inv.invoke_async(&mut c)).await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn ensure_group(&self) -> StoreFuture<'_, ()> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::ensure_group(&mut c)).await
+        }
+        .boxed()
+    }
+
+    fn read_new<'a>(
+        &'a self,
+        consumer: &'a str,
+        count: usize,
+        block_ms: u64,
+    ) -> StoreFuture<'a, Read> {
+        async move {
+            let mut c = self.blocking.clone();
+            let block_ms = block_ms.min(MAX_BLOCK.as_millis() as u64);
+            let f = redis_ops::read_new(&mut c, consumer, count, block_ms);
+            let (entries, unreadable) =
+                match tokio::time::timeout(MAX_BLOCK + COMMAND_TIMEOUT, f).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(StoreError::Timeout),
+                };
+            Ok(Read {
+                entries,
+                unreadable,
+            })
+        }
+        .boxed()
+    }
+
+    fn autoclaim<'a>(
+        &'a self,
+        consumer: &'a str,
+        min_idle_ms: u64,
+        cursor: &'a str,
+        count: usize,
+    ) -> StoreFuture<'a, Claimed> {
+        async move {
+            let mut c = self.conn.clone();
+            let (next_cursor, entries, unreadable) = bounded(redis_ops::autoclaim(
+                &mut c,
+                consumer,
+                min_idle_ms,
+                cursor,
+                count,
+            ))
+            .await?;
+            Ok(Claimed {
+                next_cursor,
+                entries,
+                unreadable,
+            })
+        }
+        .boxed()
+    }
+
+    fn delivery_counts<'a>(&'a self, ids: &'a [String]) -> StoreFuture<'a, Vec<(String, u64)>> {
+        async move {
+            let mut c = self.conn.clone();
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let m = bounded(redis_ops::delivery_counts(&mut c, &refs)).await?;
+            Ok(m.into_iter().collect())
+        }
+        .boxed()
+    }
+
+    fn heartbeat<'a>(&'a self, consumer: &'a str, ids: &'a [String]) -> StoreFuture<'a, ()> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::heartbeat(&mut c, consumer, ids)).await
+        }
+        .boxed()
+    }
+
+    fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::is_done(&mut c, update_id)).await
+        }
+        .boxed()
+    }
+
+    fn finish<'a>(
+        &'a self,
+        entry: &'a Entry,
+        user: Option<&'a UserTouch>,
+    ) -> StoreFuture<'a, (bool, Option<String>)> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(self.scripts.finish(&mut c, entry, user)).await
+        }
+        .boxed()
+    }
+
+    fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::count_failure(&mut c, entry_id)).await
+        }
+        .boxed()
+    }
+
+    fn dead_letter<'a>(&'a self, d: DeadLetterRequest<'a>) -> StoreFuture<'a, ()> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(self.scripts.dead_letter(
+                &mut c,
+                d.id,
+                d.update_id,
+                d.key,
+                d.update,
+                d.error,
+                d.deliveries,
+            ))
+            .await
+        }
+        .boxed()
+    }
+
+    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::consumers(&mut c)).await
+        }
+        .boxed()
+    }
+
+    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
+        async move {
+            let mut c = self.conn.clone();
+            Ok(bounded(redis_ops::delete_consumer(&mut c, name)).await? == 1)
+        }
+        .boxed()
+    }
+
+    fn heads<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<String>>> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::heads(&mut c, keys)).await
+        }
+        .boxed()
+    }
+
+    fn heal_head<'a>(&'a self, key: &'a str, head: &'a str) -> StoreFuture<'a, bool> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::heal_head(&mut c, key, head)).await
+        }
+        .boxed()
+    }
+
+    fn user(&self, user_id: i64) -> StoreFuture<'_, Option<UserRecord>> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(stats::user(&mut c, user_id)).await
+        }
+        .boxed()
+    }
+
+    fn bot_stats(&self, now_ms: i64) -> StoreFuture<'_, BotStats> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(stats::bot(&mut c, now_ms)).await
+        }
+        .boxed()
+    }
+
+    fn admit(&self, b: Budget) -> StoreFuture<'_, u64> {
+        let mut inv = self.gcra.prepare_invoke();
+        inv.key(keys::RATE_GLOBAL)
+            .key(keys::rate_chat(b.chat_id))
+            .arg(b.interval_us)
+            .arg(b.tolerance_us)
+            .arg(b.chat_interval_us)
+            .arg(b.chat_tolerance_us);
+        async move {
+            let mut c = self.conn.clone();
+            let wait: i64 = bounded(inv.invoke_async(&mut c)).await?;
+            Ok(wait.max(0) as u64)
+        }
+        .boxed()
+    }
+}
