@@ -106,3 +106,48 @@ async fn webhook_info_set_and_delete() {
     e2e::assert_token_absent(&err);
     api.assert_no_violations();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_has_help_and_meaningful_exit_codes() {
+    let env: [(&str, &str); 0] = [];
+    for (bin, args) in [
+        ("ingress", vec!["--help"]),
+        ("ingress", vec!["webhook", "--help"]),
+        ("ingress", vec!["webhook", "info", "--help"]),
+        ("ingress", vec!["webhook", "set", "--help"]),
+        ("ingress", vec!["webhook", "delete", "--help"]),
+        ("worker", vec!["--help"]),
+        ("worker", vec!["queue", "--help"]),
+        ("worker", vec!["queue", "stats", "--help"]),
+        ("worker", vec!["queue", "dead", "--help"]),
+        ("worker", vec!["queue", "replay-dead", "--help"]),
+    ] {
+        let (st, out, err) = run_to_exit(bin, &args, &env, T).await;
+        assert!(st.success(), "{bin} {args:?}: {st}\n{out}\n{err}");
+        assert!(
+            out.contains("Usage:"),
+            "{bin} {args:?} prints usage:\n{out}"
+        );
+    }
+    // A wrong subcommand is a usage error (2), not a crash or a success.
+    let (st, _, err) = run_to_exit("worker", &["queue", "nonsense"], &env, T).await;
+    assert_eq!(st.code(), Some(2), "{err}");
+    // Redis unreachable: a runtime failure (1) with a clear message, no hang.
+    let dead = [("REDIS_URL", "redis://127.0.0.1:1")];
+    let (st, _, err) = run_to_exit("worker", &["queue", "stats"], &dead, T).await;
+    assert_eq!(st.code(), Some(1), "{err}");
+    assert!(err.contains("Redis"), "{err}");
+    // The Bot API rejecting the token: failure, token not echoed.
+    let api = e2e::FakeBotApi::start().await;
+    let url = api.url();
+    let bad = [
+        ("TELEGRAM_BOT_TOKEN", "999:WrongTokenWrongToken"),
+        ("TELEGRAM_API_URL", url.as_str()),
+    ];
+    let (st, out, err) = run_to_exit("ingress", &["webhook", "info"], &bad, T).await;
+    assert_eq!(st.code(), Some(1), "{out}\n{err}");
+    assert!(
+        !format!("{out}{err}").contains("WrongTokenWrongToken"),
+        "{err}"
+    );
+}
