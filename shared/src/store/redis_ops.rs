@@ -158,16 +158,20 @@ pub async fn delivery_counts(
     conn: &mut ConnectionManager,
     ids: &[&str],
 ) -> RedisResult<HashMap<String, u64>> {
-    let mut out = HashMap::new();
+    // One pipelined round trip: claimed entries are not yet covered by the
+    // heartbeat, so the time between claim and dispatch must stay short.
+    let mut pipe = redis::pipe();
     for id in ids {
-        let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        pipe.cmd("XPENDING")
             .arg(keys::STREAM)
             .arg(keys::GROUP)
-            .arg(id)
-            .arg(id)
-            .arg(1)
-            .query_async(conn)
-            .await?;
+            .arg(*id)
+            .arg(*id)
+            .arg(1);
+    }
+    let replies: Vec<Vec<(String, String, u64, u64)>> = pipe.query_async(conn).await?;
+    let mut out = HashMap::new();
+    for (id, v) in ids.iter().zip(replies) {
         if let Some((_, _, _, n)) = v.first() {
             out.insert(id.to_string(), *n);
         }
