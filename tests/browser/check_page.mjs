@@ -2,12 +2,15 @@
 // no browser download), waits until it settles, and prints what a person
 // would see as one JSON object on stdout.
 //
-//   node tests/browser/check_page.mjs <url> <outdir> <label> [light|dark]
+//   node tests/browser/check_page.mjs <url> <outdir> <label> [light|dark] [retry]
 //
 // <url>     the page, launch data in the fragment as Telegram passes it
 // <outdir>  where <outdir>/miniapp-<label>.png goes (created if missing)
 // <label>   screenshot name, e.g. `ready`, `error`, `ready-dark`
 // light|dark  prefers-color-scheme of the browser (default light)
+// retry     once settled, press "Try again" (if shown) and let it settle again;
+//           `after_retry` reports the page right after the press (the loading
+//           state), everything else the page after the second settle
 //
 // Environment: CHROMIUM (default /usr/bin/chromium), CHECK_PAGE_TIMEOUT_MS
 // (default 30000: how long the page may take to reach a final state).
@@ -24,9 +27,9 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
 
-const [url, outdir, label, scheme = 'light'] = process.argv.slice(2);
-if (!url || !outdir || !label || !['light', 'dark'].includes(scheme)) {
-  console.error('usage: node check_page.mjs <url> <outdir> <label> [light|dark]');
+const [url, outdir, label, scheme = 'light', action = ''] = process.argv.slice(2);
+if (!url || !outdir || !label || !['light', 'dark'].includes(scheme) || !['', 'retry'].includes(action)) {
+  console.error('usage: node check_page.mjs <url> <outdir> <label> [light|dark] [retry]');
   process.exit(64);
 }
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -47,7 +50,7 @@ const ARGS = [
 ];
 
 const TEXT_IDS = [
-  'name', 'status', 'error', 'first-seen', 'messages', 'users-total',
+  'name', 'status', 'error-title', 'error', 'error-detail', 'first-seen', 'messages', 'users-total',
   'users-new', 'users-active', 'updates-handled', 'queue-depth',
 ];
 
@@ -98,14 +101,36 @@ try {
   page.on('pageerror', (e) => pageErrors.push(String(e && e.message ? e.message : e)));
 
   const nav = await page.goto(url, { waitUntil: 'domcontentloaded', timeout });
-  let settled = true;
-  try {
-    await page.waitForSelector('body[data-state="ready"], body[data-state="error"]', {
-      state: 'attached',
-      timeout,
+  const settle = async () => {
+    try {
+      await page.waitForSelector('body[data-state="ready"], body[data-state="error"]', {
+        state: 'attached',
+        timeout,
+      });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  let settled = await settle();
+  // Pressed from inside the page so that what it shows right after the
+  // press is read before any answer can arrive.
+  let afterRetry = null;
+  if (settled && action === 'retry') {
+    afterRetry = await page.evaluate(() => {
+      const button = document.getElementById('retry');
+      const shown = (el) => !!el && getComputedStyle(el).display !== 'none' && el.getClientRects().length > 0;
+      if (!shown(button)) return { pressed: false };
+      button.click();
+      return {
+        pressed: true,
+        state: document.body.getAttribute('data-state'),
+        status: document.getElementById('status').textContent,
+        data: shown(document.querySelector('.data')),
+        fail: shown(document.getElementById('fail')),
+      };
     });
-  } catch {
-    settled = false;
+    if (afterRetry.pressed) settled = await settle();
   }
 
   const seen = await page.evaluate((ids) => {
@@ -128,12 +153,18 @@ try {
       state: document.body.getAttribute('data-state'),
       lang: document.documentElement.lang,
       text,
-      visible: { data: visible('.data'), fail: visible('#fail'), retry: visible('#retry') },
+      visible: {
+        name: visible('#name'),
+        data: visible('.data'),
+        fail: visible('#fail'),
+        retry: visible('#retry'),
+      },
       style: {
         body_background: css('body', 'backgroundColor'),
         body_color: css('body', 'color'),
         card_background: css('dl', 'backgroundColor'),
         error_color: css('#error', 'color'),
+        error_detail_color: css('#error-detail', 'color'),
         button_background: css('#retry', 'backgroundColor'),
       },
       scroll_width: document.documentElement.scrollWidth,
@@ -149,6 +180,7 @@ try {
     settled,
     http_status: nav ? nav.status() : null,
     ...seen,
+    after_retry: afterRetry,
     api,
     blocked,
     console: console_,

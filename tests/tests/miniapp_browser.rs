@@ -2,7 +2,9 @@
 //! a real headless Chromium (driven by `tests/browser/check_page.mjs`),
 //! launched the way Telegram launches it (signed launch data and theme in
 //! the URL fragment), showing statistics that real traffic through the
-//! webhook and the worker produced.
+//! webhook and the worker produced. Bad launch data gets a message for
+//! people and no retry; storage down (503) gets the Retry-After hint and a
+//! retry that goes back to loading without showing empty statistics.
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `$CHROMIUM`) and
 //! `npm ci --prefix tests/browser`. Without them the test prints a loud
@@ -43,7 +45,7 @@ async fn mini_app_in_headless_chromium_shows_real_stats_and_rejects_bad_launch_d
     let Some(browser) = Browser::find() else {
         return;
     };
-    let Some(s) = Stack::start().await else {
+    let Some(mut s) = Stack::start().await else {
         return;
     };
 
@@ -121,6 +123,11 @@ async fn mini_app_in_headless_chromium_shows_real_stats_and_rejects_bad_launch_d
     // Properly signed two days ago: beyond the default 24 h.
     let old_fields = fields(&user, now - 2 * 86_400);
     let expired = encode(&old_fields, &sign(&old_fields, TOKEN));
+    // The same, for someone whose Telegram speaks Russian.
+    let user_ru = user.replace("\"language_code\":\"en\"", "\"language_code\":\"ru\"");
+    assert_ne!(user_ru, user);
+    let old_ru = fields(&user_ru, now - 2 * 86_400);
+    let expired_ru = encode(&old_ru, &sign(&old_ru, TOKEN));
 
     // --- valid launch data: Telegram's light and dark themes, and no
     // theme at all in a dark browser (the page's own dark palette) ---
@@ -148,7 +155,7 @@ async fn mini_app_in_headless_chromium_shows_real_stats_and_rejects_bad_launch_d
         ),
     ] {
         let r = browser
-            .check(&page_url(&s, &valid, theme), label, scheme)
+            .check(&page_url(&s, &valid, theme), label, scheme, false)
             .await;
         let ctx = format!("{label}: {r:#}\n{}", s.logs_tail());
         assert_settled(&r, "ready", &ctx);
@@ -160,7 +167,8 @@ async fn mini_app_in_headless_chromium_shows_real_stats_and_rejects_bad_launch_d
         assert_eq!(text(&r, "users-new"), "2", "{ctx}");
         assert_eq!(text(&r, "users-active"), "2", "{ctx}");
         assert_eq!(text(&r, "queue-depth"), "0", "{ctx}");
-        assert_eq!(text(&r, "status"), "Ready", "{ctx}");
+        // The name and the numbers say it all: no "Ready" under the name.
+        assert_eq!(text(&r, "status"), "", "{ctx}");
         assert_eq!(text(&r, "error"), "", "{ctx}");
         let (year, month, day) = utc_date(first_seen_ms);
         let shown = text(&r, "first-seen");
@@ -172,7 +180,7 @@ async fn mini_app_in_headless_chromium_shows_real_stats_and_rejects_bad_launch_d
         );
         assert_eq!(
             r["visible"],
-            json!({"data": true, "fail": false, "retry": false}),
+            json!({"name": true, "data": true, "fail": false, "retry": false}),
             "{ctx}"
         );
         assert_eq!(
@@ -190,14 +198,26 @@ async fn mini_app_in_headless_chromium_shows_real_stats_and_rejects_bad_launch_d
         );
     }
 
-    // --- tampered and expired launch data: the server's reason, shown ---
-    for (label, raw, theme, scheme, reason) in [
+    // --- tampered and expired launch data: what to do, in the user's
+    // language, the server's reason only as the small print, no retry (the
+    // same launch data cannot work a second time) ---
+    const BAD_EN: [&str; 2] = [
+        "Session expired or invalid",
+        "Open the app again from the bot.",
+    ];
+    const BAD_RU: [&str; 2] = [
+        "Сеанс истёк или недействителен",
+        "Откройте приложение заново из чата с ботом.",
+    ];
+    for (label, raw, theme, scheme, reason, lang, [title, says]) in [
         (
             "error",
             &tampered,
             LIGHT_THEME,
             "light",
             "signature does not match",
+            "en",
+            BAD_EN,
         ),
         (
             "error-dark",
@@ -205,8 +225,27 @@ async fn mini_app_in_headless_chromium_shows_real_stats_and_rejects_bad_launch_d
             DARK_THEME,
             "dark",
             "signature does not match",
+            "en",
+            BAD_EN,
         ),
-        ("expired", &expired, LIGHT_THEME, "light", "expired"),
+        (
+            "expired",
+            &expired,
+            LIGHT_THEME,
+            "light",
+            "expired",
+            "en",
+            BAD_EN,
+        ),
+        (
+            "expired-ru-dark",
+            &expired_ru,
+            DARK_THEME,
+            "dark",
+            "expired",
+            "ru",
+            BAD_RU,
+        ),
     ] {
         let api = api_me(&s, raw).await;
         assert_eq!(api.0, 401, "{label}: /api/me answers {api:?}");
@@ -214,22 +253,25 @@ async fn mini_app_in_headless_chromium_shows_real_stats_and_rejects_bad_launch_d
         assert!(server_says.contains(reason), "{label}: {server_says:?}");
 
         let r = browser
-            .check(&page_url(&s, raw, theme), label, scheme)
+            .check(&page_url(&s, raw, theme), label, scheme, false)
             .await;
         let ctx = format!("{label}: {r:#}\n{}", s.logs_tail());
         assert_settled(&r, "error", &ctx);
+        assert_eq!(r["lang"], lang, "{ctx}");
+        assert_eq!(text(&r, "error-title"), title, "{ctx}");
+        assert_eq!(text(&r, "error"), says, "{ctx}");
         // The expiry message counts seconds, which go on between the two.
         assert_eq!(
-            digits_as_n(&text(&r, "error")),
+            digits_as_n(&text(&r, "error-detail")),
             digits_as_n(&server_says),
-            "the page shows the server's reason\n{ctx}"
+            "the server's reason, as the detail line\n{ctx}"
         );
-        assert_eq!(text(&r, "status"), "Error", "{ctx}");
+        assert_eq!(text(&r, "status"), "", "{ctx}");
         assert!(!text(&r, "name").contains("Mallory"), "{ctx}");
         assert!(!text(&r, "name").contains(FIRST_NAME), "{ctx}");
         assert_eq!(
             r["visible"],
-            json!({"data": false, "fail": true, "retry": true}),
+            json!({"name": false, "data": false, "fail": true, "retry": false}),
             "{ctx}"
         );
         assert_eq!(
@@ -238,6 +280,45 @@ async fn mini_app_in_headless_chromium_shows_real_stats_and_rejects_bad_launch_d
             "{ctx}"
         );
     }
+
+    // --- storage down: 503 with the Retry-After hint and a retry, which
+    // goes back to loading (no statistics full of dashes) and asks again ---
+    s.redis.stop().await;
+    let api = api_me(&s, &valid).await;
+    assert_eq!(api.0, 503, "/api/me with Redis stopped answers {api:?}");
+    let server_says = api.1["error"].as_str().unwrap_or_default().to_owned();
+    let r = browser
+        .check(
+            &page_url(&s, &valid, LIGHT_THEME),
+            "unavailable",
+            "light",
+            true,
+        )
+        .await;
+    let ctx = format!("unavailable: {r:#}\n{}", s.logs_tail());
+    assert_settled(&r, "error", &ctx);
+    assert_eq!(
+        r["after_retry"],
+        json!({"pressed": true, "state": "loading", "status": "Loading…", "data": false, "fail": false}),
+        "right after Try again\n{ctx}"
+    );
+    assert_eq!(
+        r["api"],
+        json!([{"url": "/api/me", "status": 503}, {"url": "/api/me", "status": 503}]),
+        "{ctx}"
+    );
+    assert_eq!(text(&r, "error-title"), "Couldn't load statistics", "{ctx}");
+    assert_eq!(
+        text(&r, "error"),
+        "Statistics are temporarily unavailable. Try again in 5 s.",
+        "{ctx}"
+    );
+    assert_eq!(text(&r, "error-detail"), server_says, "{ctx}");
+    assert_eq!(
+        r["visible"],
+        json!({"name": false, "data": false, "fail": true, "retry": true}),
+        "{ctx}"
+    );
 
     // Nothing of the launch data or the token in any log.
     let logs = s.all_logs();
@@ -385,7 +466,9 @@ impl Browser {
     /// Runs `check_page.mjs` on `url` and returns its report; the
     /// screenshot is `target/e2e-output/miniapp-<label>.png`, the report
     /// and the script's stderr lie beside it.
-    async fn check(&self, url: &str, label: &str, scheme: &str) -> Value {
+    /// With `retry`, the script presses "Try again" once the page has
+    /// settled (`after_retry` in the report).
+    async fn check(&self, url: &str, label: &str, scheme: &str, retry: bool) -> Value {
         std::fs::create_dir_all(&self.outdir).expect("create target/e2e-output");
         let out_path = self.outdir.join(format!("miniapp-{label}.json"));
         let err_path = self.outdir.join(format!("miniapp-{label}.stderr"));
@@ -397,6 +480,7 @@ impl Browser {
             .arg(&self.outdir)
             .arg(label)
             .arg(scheme)
+            .args(retry.then_some("retry"))
             .env("CHROMIUM", &self.chromium)
             .stdin(Stdio::null())
             .stdout(out)

@@ -1,6 +1,6 @@
 // Exercises page.html's script in plain node (no browser) with a minimal fake DOM:
 // launch data from the fragment / Telegram.WebApp / sessionStorage / query, theme params,
-// 401, 502, network failure, late SDK, new user. Run: node ingress/src/miniapp/testdata/page_harness.js
+// 401 (no retry), 502, 503 + Retry-After and network failure (retry), retry, late SDK, new user. Run: node ingress/src/miniapp/testdata/page_harness.js
 
 const fs = require('fs');
 const html = fs.readFileSync(require('path').join(__dirname, '..', 'page.html'), 'utf8');
@@ -52,7 +52,8 @@ const assert = require('assert');
   assert.strictEqual(r.els['users-total'].textContent, '2');
   assert.strictEqual(r.els['updates-handled'].textContent, '99');
   assert.strictEqual(r.els['queue-depth'].textContent, '3');
-  assert.strictEqual(r.els.status.textContent, 'Ready');
+  assert.strictEqual(r.els.status.textContent, '');
+  assert.strictEqual(r.els.error.textContent, '');
   assert.match(r.els['first-seen'].textContent, /2023/);
   assert.deepStrictEqual(r.styleProps, {'--tg-theme-bg-color': '#112233', '--tg-theme-text-color': '#ffffff'});
   console.log('1 ok', r.els['first-seen'].textContent);
@@ -65,28 +66,80 @@ const assert = require('assert');
   assert.deepStrictEqual(seen, ['ready', 'expand', 'on']);
   assert.strictEqual(r.styleProps['--tg-theme-button-color'], '#abcdef');
   assert.strictEqual(r.lang, 'ru');
-  assert.strictEqual(r.els.status.textContent, 'Готово');
+  assert.strictEqual(r.els.status.textContent, '');
+  assert.strictEqual(r.tEls.find(e => e.attrs['data-t'] === 'fs').textContent, 'Впервые');
   console.log('2 ok', r.tEls.map(e => e.textContent).join('|'));
 
-  // 3. No launch data, SDK fails: error with a clear message.
+  // 3. No launch data, SDK fails: what to do, in words, and no retry (it cannot help).
   r = await run({respond: () => { throw new Error('no fetch expected'); }});
   assert.strictEqual(r.body.attrs['data-state'], 'error');
-  assert.match(r.els.error.textContent, /open this page from Telegram/);
+  assert.strictEqual(r.els['error-title'].textContent, 'Session expired or invalid');
+  assert.strictEqual(r.els.error.textContent, 'Open the app again from the bot.');
+  assert.strictEqual(r.els['error-detail'].textContent, 'No launch data');
+  assert.strictEqual(r.els.retry.hidden, true);
+  assert.strictEqual(r.els.status.textContent, '');
   assert.ok(!r.calls.some(c => c[0] === 'fetch'));
   console.log('3 ok', r.els.error.textContent);
 
-  // 4. 401 from the server: its message is shown.
-  r = await run({hash: frag, respond: () => ({ok: false, status: 401, json: () => Promise.resolve({ok: false, error: 'initData has expired'})})});
+  // 4. 401 from the server: a message for people, the server's reason as the detail, no
+  // retry; in the language of the (unverified) launch data: INIT says ru.
+  const r401 = () => ({ok: false, status: 401, json: () => Promise.resolve({ok: false, error: 'initData has expired'})});
+  r = await run({hash: frag, respond: r401});
   assert.strictEqual(r.body.attrs['data-state'], 'error');
-  assert.strictEqual(r.els.error.textContent, 'initData has expired');
+  assert.strictEqual(r.lang, 'ru');
+  assert.strictEqual(r.els['error-title'].textContent, 'Сеанс истёк или недействителен');
+  assert.strictEqual(r.els.error.textContent, 'Откройте приложение заново из чата с ботом.');
+  assert.strictEqual(r.els['error-detail'].textContent, 'initData has expired');
+  assert.strictEqual(r.els.retry.hidden, true);
+  assert.strictEqual(r.tEls.find(e => e.attrs['data-t'] === 'retry').textContent, 'Повторить');
+  const fragEn = '#tgWebAppData=' + encodeURIComponent(INIT.replace('%22ru%22', '%22en%22'));
+  r = await run({hash: fragEn, respond: r401});
+  assert.strictEqual(r.lang, 'en');
+  assert.strictEqual(r.els['error-title'].textContent, 'Session expired or invalid');
+  assert.strictEqual(r.els.error.textContent, 'Open the app again from the bot.');
+  assert.strictEqual(r.els['error-detail'].textContent, 'initData has expired');
+  assert.strictEqual(r.els.retry.hidden, true);
   console.log('4 ok');
 
-  // 5. Non-JSON 502 and network failure.
-  r = await run({hash: frag, respond: () => ({ok: false, status: 502, json: () => Promise.reject(new Error('x'))})});
-  assert.strictEqual(r.els.error.textContent, 'HTTP 502');
+  // 5. Non-JSON 502 and network failure: retry offered.
+  r = await run({hash: fragEn, respond: () => ({ok: false, status: 502, json: () => Promise.reject(new Error('x'))})});
+  assert.strictEqual(r.els['error-title'].textContent, "Couldn't load statistics");
+  assert.strictEqual(r.els.error.textContent, 'Could not reach the server.');
+  assert.strictEqual(r.els['error-detail'].textContent, 'HTTP 502');
+  assert.strictEqual(r.els.retry.hidden, false);
   r = await run({hash: frag, respond: () => Promise.reject(new TypeError('Failed to fetch'))});
-  assert.match(r.els.error.textContent, /reach the server|Сервер недоступен/);
+  assert.strictEqual(r.els['error-title'].textContent, 'Не удалось загрузить статистику');
+  assert.strictEqual(r.els.error.textContent, 'Сервер недоступен.');
+  assert.strictEqual(r.els['error-detail'].textContent, '');
+  assert.strictEqual(r.els.retry.hidden, false);
   console.log('5 ok');
+
+  // 5b. 503 with Retry-After: the hint, the server's reason, retry offered; retrying goes
+  // back to loading (the stats stay hidden until data arrives) and then shows the data.
+  const busy = 'statistics are temporarily unavailable (storage not answering); try again shortly';
+  const r503 = (ra) => ({ok: false, status: 503, headers: {get: k => (k === 'Retry-After' ? ra : null)},
+    json: () => Promise.resolve({ok: false, error: busy})});
+  let n = 0;
+  r = await run({hash: fragEn, respond: () => (n++ === 0 ? r503('5') : okResp('en'))});
+  assert.strictEqual(r.body.attrs['data-state'], 'error');
+  assert.strictEqual(r.els['error-title'].textContent, "Couldn't load statistics");
+  assert.strictEqual(r.els.error.textContent, 'Statistics are temporarily unavailable. Try again in 5 s.');
+  assert.strictEqual(r.els['error-detail'].textContent, busy);
+  assert.strictEqual(r.els.retry.hidden, false);
+  r.els.retry.onclick();
+  assert.strictEqual(r.body.attrs['data-state'], 'loading');
+  assert.strictEqual(r.els.status.textContent, 'Loading…');
+  await new Promise(done => setTimeout(done, 50));
+  assert.strictEqual(r.body.attrs['data-state'], 'ready');
+  assert.strictEqual(r.els.messages.textContent, '7');
+  assert.strictEqual(r.els.error.textContent, '');
+  assert.strictEqual(n, 2);
+  r = await run({hash: frag, respond: () => r503('5')});
+  assert.strictEqual(r.els.error.textContent, 'Статистика временно недоступна. Повторите через 5 с.');
+  r = await run({hash: fragEn, respond: () => r503(null)});
+  assert.strictEqual(r.els.error.textContent, 'Statistics are temporarily unavailable.');
+  assert.strictEqual(r.els.retry.hidden, false);
+  console.log('5b ok');
 
   // 6. No data at first; SDK loads late and provides it.
   const late = {initData: 'late=1', themeParams: {}, ready() {}, expand() {}, onEvent() {}};
