@@ -148,8 +148,12 @@ impl Consumer {
         }
         info!(consumer = %self.settings.name, concurrency = self.settings.concurrency, "worker consuming");
 
-        let background = cancel.child_token();
-        let reclaimer = tokio::spawn(self.clone().reclaim_loop(background.clone()));
+        // The reclaimer stops taking work with the shutdown signal; the
+        // heartbeat and the park task must outlive it, until the drain is
+        // over - parked entries still need their turn, in-flight ones their
+        // heartbeat. Hence an independent token, not a child of `cancel`.
+        let background = CancellationToken::new();
+        let reclaimer = tokio::spawn(self.clone().reclaim_loop(cancel.clone()));
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(background.clone()));
         let park = tokio::spawn(self.clone().park_loop(background.clone()));
 
