@@ -70,8 +70,8 @@ impl Bodies {
                 let marker = "\"update_id\":0";
                 let at = s.find(marker).expect("update_id in the template");
                 templates.push(Template {
-                    head: s[..at + marker.len() - 1].as_bytes().to_vec(),
-                    tail: s[at + marker.len()..].as_bytes().to_vec(),
+                    head: s.as_bytes()[..at + marker.len() - 1].to_vec(),
+                    tail: s.as_bytes()[at + marker.len()..].to_vec(),
                 });
             }
         }
@@ -122,5 +122,28 @@ impl Bodies {
 
     pub fn into_body_fn(self: Arc<Self>) -> BodyFn {
         Arc::new(move |i| self.body(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_updates_with_fresh_ids() {
+        let b = Bodies::new(50);
+        let mut ids = std::collections::HashSet::new();
+        let mut chats = std::collections::HashSet::new();
+        for i in 0..500 {
+            let v: serde_json::Value = serde_json::from_slice(&b.body(i)).expect("JSON");
+            assert!(ids.insert(v["update_id"].as_i64().expect("update_id")));
+            let chat = v["message"]["chat"]["id"].as_i64().expect("chat id");
+            assert_eq!(chat, v["message"]["from"]["id"].as_i64().unwrap());
+            chats.insert(chat);
+            assert!(v["message"]["text"].as_str().unwrap().starts_with('/'));
+        }
+        assert!(chats.len() > 40, "spread over the chats: {}", chats.len());
+        let (min, _, max) = b.sizes();
+        assert!(min >= 350 && max <= 700, "{min}..{max}");
     }
 }

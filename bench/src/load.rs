@@ -260,3 +260,18 @@ pub async fn run(target: &Target, connections: usize, mode: Mode) -> RunResult {
         corrected: Latencies::from_unsorted(total.corrected),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let l = Latencies::from_unsorted((1..=100).rev().map(|v| v * 1000).collect());
+        assert_eq!(l.pct_ms(50.0), 50.0);
+        assert_eq!(l.pct_ms(99.0), 99.0);
+        assert_eq!(l.pct_ms(100.0), 100.0);
+        assert_eq!(l.max_ms(), 100.0);
+        assert!(Latencies::default().pct_ms(50.0).is_nan());
+    }
+}

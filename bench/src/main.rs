@@ -265,6 +265,14 @@ impl Fake {
         }
     }
 
+    /// Calls the spec-checking fake refused as spec violations.
+    fn violations(&self) -> Vec<String> {
+        match self {
+            Fake::Lean(_) => Vec::new(),
+            Fake::Spec(f) => f.violations(),
+        }
+    }
+
     fn poll_interval(&self) -> Duration {
         match self {
             Fake::Lean(_) => Duration::from_millis(2),
@@ -359,6 +367,46 @@ impl Env {
             .query_async::<()>(&mut c)
             .await
             .context("FLUSHALL")
+    }
+
+    async fn reset_stats(&self) -> anyhow::Result<()> {
+        let mut c = self.redis.conn().await;
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async::<()>(&mut c)
+            .await
+            .context("CONFIG RESETSTAT")
+    }
+
+    /// `INFO commandstats`: (command, calls, microseconds), most time first.
+    async fn command_stats(&self) -> anyhow::Result<Vec<CmdStat>> {
+        let mut c = self.redis.conn().await;
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut c)
+            .await?;
+        let mut out: Vec<CmdStat> = info
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let num = |k: &str| -> Option<u64> {
+                    rest.split(',')
+                        .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))?
+                        .parse()
+                        .ok()
+                };
+                Some(CmdStat {
+                    name: name.to_owned(),
+                    calls: num("calls")?,
+                    usec: num("usec")?,
+                })
+            })
+            .filter(|c| {
+                !(c.name.starts_with("config") || matches!(c.name.as_str(), "info" | "ping"))
+            })
+            .collect();
+        out.sort_by_key(|c| std::cmp::Reverse(c.usec));
+        Ok(out)
     }
 
     fn ingress_env(&self, port: u16) -> Vec<(String, String)> {
@@ -576,8 +624,18 @@ impl E2eKind {
     }
 }
 
+/// One line of Redis's `INFO commandstats`.
+struct CmdStat {
+    name: String,
+    calls: u64,
+    usec: u64,
+}
+
 struct E2eResult {
     kind: E2eKind,
+    /// Redis commands executed during the run (commands run by scripts are
+    /// counted both on their own and inside the script's time).
+    redis_cmds: Vec<CmdStat>,
     post: RunResult,
     /// 2xx-answered updates, i.e. the replies waited for.
     target: u64,
@@ -664,6 +722,7 @@ async fn e2e_run(env: &Env, kind: E2eKind, s: &Settings) -> anyhow::Result<E2eRe
         cpu_secs(me).unwrap_or(0.0),
     );
 
+    env.reset_stats().await?;
     progress(&format!("e2e: {label}: posting {} updates", s.updates));
     let t0 = Instant::now();
     let post = load::run(&env.target(port), s.connections, Mode::Count(s.updates)).await;
@@ -691,6 +750,7 @@ async fn e2e_run(env: &Env, kind: E2eKind, s: &Settings) -> anyhow::Result<E2eRe
         cpu_secs(me).unwrap_or(0.0),
     );
     let peaks = sampler.finish().await;
+    let redis_cmds = env.command_stats().await.unwrap_or_default();
     // Late or duplicate replies would show up here.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let replies = env.fake.sent();
@@ -715,6 +775,7 @@ async fn e2e_run(env: &Env, kind: E2eKind, s: &Settings) -> anyhow::Result<E2eRe
     front.kill().await;
     Ok(E2eResult {
         kind,
+        redis_cmds,
         target,
         replies,
         time_to_all,
@@ -825,6 +886,16 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let bodies = Arc::new(Bodies::new(s.chats));
     let (bmin, bmean, bmax) = bodies.sizes();
 
+    for bin in ["ingress", "worker", "bench"] {
+        let p = harness::profile_dir().join(bin);
+        if !p.is_file() {
+            bail!(
+                "{} is missing: build the release binaries first (scripts/bench does)",
+                p.display()
+            );
+        }
+    }
+    let mut failures: Vec<String> = Vec::new();
     progress("starting redis-server");
     let Some(redis) = RedisServer::start().await else {
         bail!("redis-server is not installed (apt-get install redis-server)");
@@ -851,7 +922,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let mut accepts = Vec::new();
     if s.phases.contains(&Phase::Accept) {
         for kind in [AcceptKind::Ingress, AcceptKind::Bare, AcceptKind::Xadd] {
-            accepts.push(accept(&env, kind, &s).await?);
+            match accept(&env, kind, &s).await {
+                Ok(a) => accepts.push(a),
+                Err(e) => {
+                    progress(&format!("accept: {} FAILED: {e:#}", kind.name()));
+                    failures.push(format!("accept run against {}: {e:#}", kind.name()));
+                }
+            }
         }
     }
 
@@ -871,7 +948,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         });
         kinds.push(E2eKind::Inline);
         for k in kinds {
-            e2es.push(e2e_run(&env, k, &s).await?);
+            let label = k.label();
+            match e2e_run(&env, k, &s).await {
+                Ok(e) => e2es.push(e),
+                Err(e) => {
+                    progress(&format!("e2e: {label} FAILED: {e:#}"));
+                    failures.push(format!("end-to-end run {label}: {e:#}"));
+                }
+            }
         }
     }
 
@@ -971,13 +1055,13 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             s.accept_desc(),
             s.warmup.as_secs_f64()
         );
-        let _ = writeln!(w, "| target | accepted/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx | errors | CPU target | CPU redis | CPU bench |");
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(w, "| target | accepted/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx | errors | CPU target / redis / bench | CPU µs per update: target / redis |");
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for a in &accepts {
             let x = &a.closed;
             let _ = writeln!(
                 w,
-                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {:.0} / {:.0} |",
                 a.kind.name(),
                 x.ok_per_sec(),
                 ms(x.service.pct_ms(50.0)),
@@ -988,12 +1072,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                 x.errors,
                 pct(a.cpu_target),
                 pct(a.cpu_redis),
-                pct(a.cpu_bench)
+                pct(a.cpu_bench),
+                a.cpu_target / x.ok_per_sec().max(1e-9) * 1e6,
+                a.cpu_redis / x.ok_per_sec().max(1e-9) * 1e6,
             );
         }
         let _ = writeln!(
             w,
-            "\nCPU: share of one core during the run (the machine has {nproc})."
+            "\nCPU: user+system time as a share of one core during the run (the machine has {nproc}); per update it is the cost that stays meaningful on a busy machine."
         );
         let get = |k: AcceptKind| accepts.iter().find(|a| a.kind == k);
         if let Some(i) = get(AcceptKind::Ingress) {
@@ -1047,17 +1133,17 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             "## 3. End to end: {} updates posted at max rate (C = {}), time until the fake Bot API has the replies\n",
             s.updates, s.connections
         );
-        let _ = writeln!(w, "| run | posting: accepted/s | non-2xx+errors | time to all replies s | updates/s | replies | CPU s front / workers / redis / bench | CPU ms per 1k updates (front+workers) |");
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---|---:|");
+        let _ = writeln!(w, "| run | posting: accepted/s | non-2xx+errors | time to all replies s | updates/s | replies | CPU µs per update: front / workers / redis / bench |");
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|");
         for e in &e2es {
             let t = e.time_to_all.map_or_else(
                 || format!("timeout ({:.0}s)", s.e2e_timeout.as_secs_f64()),
                 |t| format!("{:.2}", t.as_secs_f64()),
             );
-            let per_k = (e.cpu_front + e.cpu_workers) * 1000.0 * 1000.0 / (e.target.max(1) as f64);
+            let per = |cpu: f64| cpu * 1e6 / (e.target.max(1) as f64);
             let _ = writeln!(
                 w,
-                "| {} | {:.0} | {} | {} | {} | {}/{} | {:.2} / {:.2} / {:.2} / {:.2} | {:.0} |",
+                "| {} | {:.0} | {} | {} | {} | {}/{} | {:.0} / {:.0} / {:.0} / {:.0} |",
                 e.kind.label(),
                 e.post.ok_per_sec(),
                 e.post.non_2xx + e.post.errors,
@@ -1065,11 +1151,10 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                 e.rate().map_or_else(|| "-".into(), |r| format!("{r:.0}")),
                 e.replies,
                 e.target,
-                e.cpu_front,
-                e.cpu_workers,
-                e.cpu_redis,
-                e.cpu_bench,
-                per_k
+                per(e.cpu_front),
+                per(e.cpu_workers),
+                per(e.cpu_redis),
+                per(e.cpu_bench),
             );
         }
         let rate_of = |workers: usize, ordering: &str| {
@@ -1115,9 +1200,68 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         }
         let _ = writeln!(
             w,
-            "\nTime is measured from the first POST to the last awaited sendMessage; \"CPU s\" is user+system time of the processes during that window (the bench process runs the load generator and the fake)."
+            "\nTime is measured from the first POST to the last awaited sendMessage; CPU is the user+system time of the processes during that window divided by the updates (front = ingress or the inline baseline; workers summed; the bench process runs the load generator and the fake)."
         );
         let _ = writeln!(w);
+
+        let _ = writeln!(
+            w,
+            "### Redis commands per update (`INFO commandstats` during the run)\n"
+        );
+        let queue_runs: Vec<&E2eResult> = e2es
+            .iter()
+            .filter(|e| matches!(e.kind, E2eKind::Queue { .. }))
+            .collect();
+        let mut names: Vec<&str> = Vec::new();
+        for e in &queue_runs {
+            for c in &e.redis_cmds {
+                if !names.contains(&c.name.as_str()) {
+                    names.push(&c.name);
+                }
+            }
+        }
+        let _ = write!(w, "| command |");
+        for e in &queue_runs {
+            let _ = write!(w, " {} |", e.kind.label());
+        }
+        let _ = write!(w, "\n|---|");
+        for _ in &queue_runs {
+            let _ = write!(w, "---:|");
+        }
+        let _ = writeln!(w);
+        let mut totals = vec![(0u64, 0u64); queue_runs.len()];
+        for name in &names {
+            let _ = write!(w, "| {name} |");
+            for (i, e) in queue_runs.iter().enumerate() {
+                let n = e.target.max(1) as f64;
+                match e.redis_cmds.iter().find(|c| c.name == *name) {
+                    Some(c) => {
+                        if !matches!(c.name.as_str(), "evalsha" | "eval") {
+                            totals[i].0 += c.calls;
+                        }
+                        totals[i].1 += c.usec;
+                        let _ = write!(
+                            w,
+                            " {:.2} calls, {:.1} µs |",
+                            c.calls as f64 / n,
+                            c.usec as f64 / n
+                        );
+                    }
+                    None => {
+                        let _ = write!(w, " - |");
+                    }
+                }
+            }
+            let _ = writeln!(w);
+        }
+        let _ = write!(w, "| **commands executed (incl. inside scripts)** |");
+        for (i, e) in queue_runs.iter().enumerate() {
+            let _ = write!(w, " {:.1} |", totals[i].0 as f64 / e.target.max(1) as f64);
+        }
+        let _ = writeln!(
+            w,
+            "\n\nPer update: calls and Redis-side execution time. Commands run by a script appear on their own line and again inside `evalsha`'s time, so the time column does not add up; the Redis process's own CPU per update is in the table above.\n"
+        );
 
         let _ = writeln!(w, "## 4. Memory (MiB)\n");
         let _ = writeln!(w, "| process | run | idle VmRSS | idle VmHWM | under load: max VmRSS (50 ms samples) | VmHWM after load |");
@@ -1186,6 +1330,19 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         let _ = writeln!(w);
     }
 
+    let violations = env.fake.violations();
+    if !violations.is_empty() {
+        let _ = writeln!(
+            w,
+            "**{} Bot API call(s) violated the spec** (first: {})\n",
+            violations.len(),
+            violations[0]
+        );
+    }
+    let _ = writeln!(
+        w,
+        "All processes (services, redis-server, the bench's load generator and fake) share the machine's {nproc} cores: compare ratios rather than absolute numbers across machines.\n"
+    );
     let (_, _, _, load_end) = machine();
     let _ = writeln!(
         w,
@@ -1193,11 +1350,20 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
 
+    if !failures.is_empty() {
+        let _ = writeln!(w, "\n## FAILED runs\n");
+        for f in &failures {
+            let _ = writeln!(w, "```\n{f}\n```");
+        }
+    }
     print!("{r}");
     if let Some(dir) = s.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
     std::fs::write(&s.out, &r).with_context(|| format!("write {}", s.out.display()))?;
     progress(&format!("report written to {}", s.out.display()));
+    if !failures.is_empty() {
+        bail!("{} run(s) failed (see the report)", failures.len());
+    }
     Ok(())
 }
