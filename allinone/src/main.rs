@@ -14,18 +14,10 @@ use shared::store::{MemoryStore, RedisStore, Store};
 use shared::Config;
 
 fn main() -> ExitCode {
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+    let (config, rt) = match shared::telemetry::bootstrap(Config::from_env) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
-    shared::telemetry::init(config.log_format);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     rt.block_on(async move {
         let cancel = CancellationToken::new();
         shared::signals::cancel_on_signal(cancel.clone());

@@ -47,22 +47,10 @@ enum WebhookAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+    let (config, rt) = match shared::telemetry::bootstrap(Config::from_env) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
-    shared::telemetry::init(config.log_format);
-    // One thread: a profile showed most of a multi-threaded worker's time
-    // in cross-thread wake-ups and context switches, and a single thread
-    // cut CPU per update by a third (README, Performance). A process uses
-    // one core; scale out with replicas, which share nothing but Redis.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
     rt.block_on(async move {
         match cli.command {
             None => {

@@ -42,3 +42,29 @@ pub fn format_from_env() -> LogFormat {
         _ => LogFormat::Pretty,
     }
 }
+
+/// The start of every binary: configuration parsed once (a bad value is one
+/// line naming the variable and exit code 2, before anything else happens),
+/// logging set up, and the runtime built.
+///
+/// One thread per process: a profile showed most of a multi-threaded
+/// worker's time in cross-thread wake-ups and context switches, and a single
+/// thread cut CPU per update by a third (README, Performance). A process uses
+/// one core; scale out with replicas, which share nothing but Redis.
+pub fn bootstrap(
+    load: impl FnOnce() -> Result<crate::Config, crate::ConfigError>,
+) -> Result<(crate::Config, tokio::runtime::Runtime), std::process::ExitCode> {
+    let config = load().map_err(|e| {
+        eprintln!("{e}");
+        std::process::ExitCode::from(2)
+    })?;
+    init(config.log_format);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        })?;
+    Ok((config, rt))
+}

@@ -52,7 +52,7 @@ use shared::signals::Backoff;
 
 use crate::handlers::{Handler, Outcome};
 use crate::metrics::Metrics;
-use shared::store::{DeadLetterRequest, Store, UserTouch};
+use shared::store::{id_order, DeadLetterRequest, Store, UserTouch};
 
 /// How long one XREADGROUP waits for new entries before looping (and
 /// noticing a shutdown).
@@ -81,12 +81,6 @@ type Hold = Option<OwnedSemaphorePermit>;
 
 /// How often parked chats look at their heads when nothing ended here.
 const PARK_POLL: Duration = Duration::from_millis(5);
-
-/// A stream id as a sortable pair.
-fn id_order(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-}
 
 /// One chat's parked entries, oldest first.
 type ChatQueue = BTreeMap<(u64, u64), (Entry, Hold)>;

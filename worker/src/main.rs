@@ -43,31 +43,23 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Operator commands need only Redis: a missing bot token must not stop
     // someone from reading the queue.
-    let config = match cli.command {
-        Some(_) => Config::from_lookup(|k| {
-            if k == "DISABLE_TELEGRAM_BOT" && std::env::var("TELEGRAM_BOT_TOKEN").is_err() {
-                return Some("true".into());
-            }
-            std::env::var(k).ok()
-        }),
-        None => Config::from_env(),
-    };
-    let config = match config {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
+    let operator = cli.command.is_some();
+    let load = move || {
+        if operator {
+            Config::from_lookup(|k| {
+                if k == "DISABLE_TELEGRAM_BOT" && std::env::var("TELEGRAM_BOT_TOKEN").is_err() {
+                    return Some("true".into());
+                }
+                std::env::var(k).ok()
+            })
+        } else {
+            Config::from_env()
         }
     };
-    shared::telemetry::init(config.log_format);
-    // One thread: a profile showed most of a multi-threaded worker's time
-    // in cross-thread wake-ups and context switches, and a single thread
-    // cut CPU per update by a third (README, Performance). A process uses
-    // one core; scale out with replicas, which share nothing but Redis.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let (config, rt) = match shared::telemetry::bootstrap(load) {
+        Ok(started) => started,
+        Err(code) => return code,
+    };
     rt.block_on(async move {
         match cli.command {
             None => {
