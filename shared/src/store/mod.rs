@@ -155,6 +155,7 @@ pub trait Store: Send + Sync + 'static {
     /// Moves the entry to the dead letters with the reason, atomically.
     fn dead_letter<'a>(&'a self, dead: DeadLetterRequest<'a>) -> StoreFuture<'a, ()>;
     fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>>;
+    /// Removes a consumer name; true once it is gone.
     fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool>;
     /// The first entry id of each chat's order list.
     fn heads<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<String>>>;

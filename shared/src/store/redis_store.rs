@@ -325,7 +325,10 @@ impl Store for RedisStore {
     fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
         async move {
             let mut c = self.conn.clone();
-            Ok(bounded(redis_ops::delete_consumer(&mut c, name)).await? == 1)
+            // DELCONSUMER answers the number of entries the consumer still
+            // had pending (0 for the names we remove), not a success flag.
+            bounded(redis_ops::delete_consumer(&mut c, name)).await?;
+            Ok(true)
         }
         .boxed()
     }
