@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use shared::Config;
 
@@ -54,16 +53,8 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.command {
             None => {
-                let cancel = CancellationToken::new();
-                shared::signals::cancel_on_signal(cancel.clone());
-                match ingress::serve(config, cancel).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        eprintln!("ingress: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
+                shared::signals::run_service("ingress", |cancel| ingress::serve(config, cancel))
+                    .await
             }
             Some(Command::Webhook { action }) => {
                 let result = match action {

@@ -66,3 +66,25 @@ impl Backoff {
         self.next = self.initial;
     }
 }
+
+/// Runs a service until SIGTERM/SIGINT and turns its outcome into the exit
+/// code: 0 after a clean drain, 1 on a fatal error (logged and printed).
+pub async fn run_service<E, F>(
+    name: &str,
+    run: impl FnOnce(CancellationToken) -> F,
+) -> std::process::ExitCode
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<(), E>>,
+{
+    let cancel = CancellationToken::new();
+    cancel_on_signal(cancel.clone());
+    match run(cancel).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,7 +1,6 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
 
 use shared::Config;
 
@@ -63,16 +62,7 @@ fn main() -> ExitCode {
     rt.block_on(async move {
         match cli.command {
             None => {
-                let cancel = CancellationToken::new();
-                shared::signals::cancel_on_signal(cancel.clone());
-                match worker::run(config, cancel).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        tracing::error!("{e}");
-                        eprintln!("worker: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
+                shared::signals::run_service("worker", |cancel| worker::run(config, cancel)).await
             }
             Some(Command::Queue { action }) => queue(config, action).await,
         }
