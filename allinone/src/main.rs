@@ -5,15 +5,25 @@
 //! (same dedupe, ack and ordering semantics; nothing survives a restart).
 
 use std::process::ExitCode;
-
-use tokio_util::sync::CancellationToken;
-
 use std::sync::Arc;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
 use shared::store::{MemoryStore, RedisStore, Store};
 use shared::Config;
 
+/// The whole bot in one process: webhook ingress (or the single poller when
+/// no public URL is set) and a worker. Needs only TELEGRAM_BOT_TOKEN; with
+/// REDIS_URL it queues through Redis, without it through an embedded
+/// in-process queue. Configuration is read from the environment (see the
+/// README's table).
+#[derive(Parser)]
+#[command(name = "bot", version)]
+struct Cli {}
+
 fn main() -> ExitCode {
+    Cli::parse();
     let (config, rt) = match shared::telemetry::bootstrap(Config::from_env) {
         Ok(started) => started,
         Err(code) => return code,

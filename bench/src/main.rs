@@ -369,6 +369,26 @@ impl Env {
             .context("FLUSHALL")
     }
 
+    /// `used_memory` and `DBSIZE`: what the data set holds right now.
+    async fn footprint(&self) -> anyhow::Result<(u64, u64)> {
+        let mut c = self.redis.conn().await;
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut c)
+            .await
+            .context("INFO memory")?;
+        let used = info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let keys: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut c)
+            .await
+            .context("DBSIZE")?;
+        Ok((used, keys))
+    }
+
     async fn reset_stats(&self) -> anyhow::Result<()> {
         let mut c = self.redis.conn().await;
         redis::cmd("CONFIG")
@@ -653,6 +673,11 @@ struct E2eResult {
     cpu_workers: f64,
     cpu_redis: f64,
     cpu_bench: f64,
+    /// Redis `used_memory` and key count before posting and once every
+    /// reply is in: what handled updates leave behind (dedupe marks, user
+    /// records, stream remnants).
+    redis_before: (u64, u64),
+    redis_after: (u64, u64),
 }
 
 impl E2eResult {
@@ -723,6 +748,7 @@ async fn e2e_run(env: &Env, kind: E2eKind, s: &Settings) -> anyhow::Result<E2eRe
     );
 
     env.reset_stats().await?;
+    let redis_before = env.footprint().await?;
     progress(&format!("e2e: {label}: posting {} updates", s.updates));
     let t0 = Instant::now();
     let post = load::run(&env.target(port), s.connections, Mode::Count(s.updates)).await;
@@ -754,6 +780,7 @@ async fn e2e_run(env: &Env, kind: E2eKind, s: &Settings) -> anyhow::Result<E2eRe
     // Late or duplicate replies would show up here.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let replies = env.fake.sent();
+    let redis_after = env.footprint().await?;
     let front_after = mem(front_pid).unwrap_or_default();
     let worker_after: Vec<Mem> = worker_pids
         .iter()
@@ -789,6 +816,8 @@ async fn e2e_run(env: &Env, kind: E2eKind, s: &Settings) -> anyhow::Result<E2eRe
         cpu_workers: c1.1 - c0.1,
         cpu_redis: c1.2 - c0.2,
         cpu_bench: c1.3 - c0.3,
+        redis_before,
+        redis_after,
         post,
     })
 }
@@ -1197,6 +1226,23 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                     ratio(best, inline)
                 );
             }
+        }
+        let _ = writeln!(
+            w,
+            "\n| run (queue) | Redis memory retained per handled update | keys retained per handled update |\n|---|---:|---:|"
+        );
+        for e in e2es
+            .iter()
+            .filter(|e| matches!(e.kind, E2eKind::Queue { .. }))
+        {
+            let n = e.target.max(1) as f64;
+            let _ = writeln!(
+                w,
+                "| {} | {:.1} B | {:.3} |",
+                e.kind.label(),
+                (e.redis_after.0 as f64 - e.redis_before.0 as f64) / n,
+                (e.redis_after.1 as f64 - e.redis_before.1 as f64) / n,
+            );
         }
         let _ = writeln!(
             w,

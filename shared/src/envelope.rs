@@ -190,7 +190,8 @@ pub enum Enqueued {
 /// without ever producing a second entry, and no crash can leave the three
 /// out of step.
 const ENQUEUE_LUA: &str = r#"
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+if redis.call('SETBIT', KEYS[2], ARGV[6], 1) == 0 then
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
   local id = redis.call('XADD', KEYS[1], '*', 'update_id', ARGV[2], 'received_at', ARGV[3], 'key', ARGV[4], 'update', ARGV[5])
   if ARGV[4] ~= '' then redis.call('RPUSH', KEYS[3], id) end
   return id
@@ -218,16 +219,18 @@ impl Enqueuer {
         probe: &Probe,
         raw: &[u8],
     ) -> redis::RedisResult<Enqueued> {
+        let seen = keys::seen(probe.update_id);
         let id: Option<String> = self
             .script
             .key(keys::STREAM)
-            .key(keys::seen(probe.update_id))
+            .key(&seen.key)
             .key(keys::order(&probe.key))
             .arg(keys::SEEN_TTL_SECS)
             .arg(probe.update_id)
             .arg(now_ms())
             .arg(&probe.key)
             .arg(raw)
+            .arg(seen.bit)
             .invoke_async(conn)
             .await?;
         Ok(match id {

@@ -10,22 +10,48 @@ pub const DEAD_STREAM: &str = "tgbot:dead";
 /// Failure counts per stream entry id (hash), cleared when the entry ends.
 pub const FAILURES: &str = "tgbot:failures";
 
+/// One bit of a dedupe bitmap: which update ids were seen (or handled).
+///
+/// Ids are kept as bits in buckets of [`MARK_BUCKET`] consecutive ids - one
+/// Redis string of at most 8 KiB per bucket - instead of a key per id:
+/// a key per update costs Redis ~100 bytes and one entry in its keyspace,
+/// which for a busy bot (a million updates a day, remembered for a week)
+/// is most of a gigabyte; the bitmaps for the same hold ~1 MiB. Membership,
+/// not "greater than the last id", so ids that jump are fine: a jump only
+/// starts a new bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub key: String,
+    pub bit: u64,
+}
+
+/// Ids per dedupe bitmap.
+pub const MARK_BUCKET: i64 = 1 << 16;
+
+fn mark(kind: &str, update_id: i64) -> Mark {
+    Mark {
+        key: format!("tgbot:{kind}-bits:{}", update_id.div_euclid(MARK_BUCKET)),
+        bit: update_id.rem_euclid(MARK_BUCKET) as u64,
+    }
+}
+
 /// Set by the ingress atomically with the XADD: a resent update (Telegram
 /// resends when our 200 got lost) is answered 200 without a second entry.
-pub fn seen(update_id: i64) -> String {
-    format!("tgbot:seen:{update_id}")
+pub fn seen(update_id: i64) -> Mark {
+    mark("seen", update_id)
 }
-/// How long the ingress remembers an update id. Telegram keeps an
+/// How long the ingress remembers an update id, at least: a bucket expires
+/// this long after the last id was added to it. Telegram keeps an
 /// undelivered update for 24 h, so two days cover every resend.
 pub const SEEN_TTL_SECS: u64 = 2 * 24 * 3600;
 
 /// Set by a worker once an update is handled; a redelivered entry (crash
 /// between handling and XACK) is then acknowledged and skipped.
-pub fn done(update_id: i64) -> String {
-    format!("tgbot:done:{update_id}")
+pub fn done(update_id: i64) -> Mark {
+    mark("done", update_id)
 }
-/// `update_id`s are not monotonic, so dedupe is by membership, and the
-/// marker only needs to outlive any possible redelivery.
+/// At least how long a handled id is remembered (per bucket, like
+/// [`SEEN_TTL_SECS`]): longer than any redelivery can come.
 pub const DONE_TTL_SECS: u64 = 7 * 24 * 3600;
 
 /// Per ordering key (`c<chat>` / `u<user>`), the ids of its entries still
@@ -62,4 +88,32 @@ pub const POLLER_OFFSET: &str = "tgbot:poller:offset";
 pub const RATE_GLOBAL: &str = "tgbot:rate:global";
 pub fn rate_chat(chat_id: i64) -> String {
     format!("tgbot:rate:chat:{chat_id}")
+}
+
+#[cfg(test)]
+mod mark_tests {
+    use super::*;
+
+    #[test]
+    fn neighbouring_ids_share_a_bucket_and_never_a_bit() {
+        let a = seen(1_000_000);
+        let b = seen(1_000_001);
+        assert_eq!(a.key, b.key);
+        assert_ne!(a.bit, b.bit);
+        assert_eq!(a.key, "tgbot:seen-bits:15");
+        assert_eq!(a.bit, 1_000_000 - 15 * 65_536);
+    }
+
+    #[test]
+    fn bucket_edges_and_odd_ids_map_into_range() {
+        for id in [0, 65_535, 65_536, -1, -65_536, -65_537, i64::MAX, i64::MIN] {
+            let m = done(id);
+            assert!(m.bit < MARK_BUCKET as u64, "{id}: {m:?}");
+            let bucket: i64 = m.key.rsplit(':').next().unwrap().parse().unwrap();
+            assert_eq!(bucket * MARK_BUCKET + m.bit as i64, id, "{id}: {m:?}");
+        }
+        assert_ne!(done(65_535).key, done(65_536).key);
+        assert_ne!(done(-1).key, done(0).key);
+        assert_ne!(seen(7).key, done(7).key);
+    }
 }

@@ -332,10 +332,16 @@ impl RedisServer {
     }
 
     /// A fresh multiplexed connection.
+    /// A connection for the test's own checks. redis-rs's default 500 ms
+    /// response timeout is too short on a machine loaded by parallel tests:
+    /// a check must fail for a wrong answer, not for a slow one.
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_connection_timeout(Some(Duration::from_secs(10)));
         redis::Client::open(self.url())
             .expect("redis url")
-            .get_multiplexed_async_connection()
+            .get_multiplexed_async_connection_with_config(&config)
             .await
             .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url()))
     }

@@ -3,6 +3,7 @@
 //! processes, and realistic updates. The tests live in `tests/tests/`.
 
 pub mod accounting;
+pub mod container;
 pub mod fake_bot_api;
 pub mod harness;
 pub mod stack;

@@ -346,6 +346,20 @@ impl Stack {
     }
 
     /// Bot-wide counter from the stats model (`tgbot:counters`).
+    /// Makes the ingress forget it saw `update_id` (as when its memory of
+    /// the id expired), so the same update can reach the stream again.
+    pub async fn forget_seen(&self, update_id: i64) {
+        let mut c = self.redis_conn().await;
+        let seen = keys::seen(update_id);
+        let _: i64 = redis::cmd("SETBIT")
+            .arg(&seen.key)
+            .arg(seen.bit)
+            .arg(0)
+            .query_async(&mut c)
+            .await
+            .expect("SETBIT");
+    }
+
     pub async fn counter(&self, field: &str) -> i64 {
         let mut c = self.redis_conn().await;
         let v: Option<i64> = redis::cmd("HGET")

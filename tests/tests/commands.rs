@@ -12,7 +12,6 @@ use e2e::updates::{
 };
 use e2e::{has_cyrillic, inline_buttons, numbers_in, BOT_USERNAME, WEBAPP_URL};
 use serde_json::Value;
-use shared::keys;
 
 const T: Duration = Duration::from_secs(20);
 
@@ -444,6 +443,51 @@ async fn plain_text_and_other_updates_are_counted_not_answered() {
     s.assert_clean();
 }
 
+/// Two entries of one update in the stream at once, one after the other in
+/// their chat (the ingress's memory of the id was lost in between, and no
+/// worker ran yet): the second becomes its chat's head only once the first
+/// has ended, and the dedupe check made at that moment skips it. Without
+/// per-chat order only a copy that starts after the first ended is skipped
+/// (two copies running at the same moment may both be answered, and are
+/// counted once), so that case runs one update at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_duplicate_queued_behind_its_original_is_skipped() {
+    for (ordering, concurrency) in [("chat", "16"), ("none", "1")] {
+        let Some(mut s) = Stack::builder()
+            .workers(0)
+            .worker_env("WORKER_ORDERING", ordering)
+            .worker_env("WORKER_CONCURRENCY", concurrency)
+            .start()
+            .await
+        else {
+            return;
+        };
+        let uid = 380_101;
+        let u = private_command(next_update_id(), uid, "Twice", Some("en"), "/help");
+        assert_eq!(s.post(&u).await.status, 200);
+        s.forget_seen(update_id(&u)).await;
+        assert_eq!(s.post(&u).await.status, 200);
+        assert_eq!(s.stream_len().await, 2, "both copies are queued");
+
+        s.spawn_worker(&[]);
+        s.wait_workers_joined(1).await;
+        s.wait_nth_reply(uid, 1, T).await;
+        s.wait_drained(T).await;
+        assert_eq!(
+            s.replies_to(uid).len(),
+            1,
+            "ordering={ordering}: answered once"
+        );
+        assert_eq!(s.counter("updates_handled").await, 1, "ordering={ordering}");
+        assert_eq!(
+            s.counter("updates_deduplicated").await,
+            1,
+            "ordering={ordering}"
+        );
+        s.assert_clean();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_update_is_answered_once() {
     let Some(s) = Stack::start().await else {
@@ -459,12 +503,7 @@ async fn the_same_update_is_answered_once() {
 
     // Even when the resend gets past the ingress (its memory of the id is
     // gone), the worker remembers it handled the update.
-    let mut c = s.redis_conn().await;
-    let _: i64 = redis::cmd("DEL")
-        .arg(keys::seen(update_id(&u)))
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    s.forget_seen(update_id(&u)).await;
     assert_eq!(s.post(&u).await.status, 200);
     // A marker update after it, in the same chat, tells us the worker got
     // past the duplicate.

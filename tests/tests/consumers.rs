@@ -9,17 +9,34 @@ use e2e::stack::Stack;
 use e2e::updates::{next_update_id, private_command};
 use shared::keys;
 
+/// The group's consumer names. A failed query is retried, never read as
+/// "no consumers": on a loaded machine the test's own connection can time
+/// out, and an empty answer would pass for "the dead name is gone".
 async fn consumer_names(s: &Stack) -> Vec<String> {
-    let mut c = s.redis_conn().await;
-    let v: redis::Value = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(keys::STREAM)
-        .arg(keys::GROUP)
-        .query_async(&mut c)
-        .await
-        .unwrap_or(redis::Value::Nil);
+    let mut last_err = None;
+    let mut reply = None;
+    for _ in 0..10 {
+        let mut c = s.redis_conn().await;
+        match redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(keys::STREAM)
+            .arg(keys::GROUP)
+            .query_async::<redis::Value>(&mut c)
+            .await
+        {
+            Ok(v) => {
+                reply = Some(v);
+                break;
+            }
+            Err(e) => {
+                last_err = Some(e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let v = reply.unwrap_or_else(|| panic!("XINFO CONSUMERS kept failing: {last_err:?}"));
     let redis::Value::Array(items) = v else {
-        return vec![];
+        panic!("XINFO CONSUMERS answered {v:?}");
     };
     items
         .iter()

@@ -138,18 +138,31 @@ async fn json_logs_carry_update_id_on_every_update_line() {
         let v: serde_json::Value = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
         assert!(
-            v.get("level").is_some() && v.get("timestamp").is_some(),
+            v.get("level").is_some() && v.get("timestamp").is_some() && v.get("message").is_some(),
             "{line}"
         );
-        if v.get("span").is_some() {
+        assert!(
+            v.get("span").is_none(),
+            "fields are top-level, not nested: {line}"
+        );
+        // Every line logged while the update was handled carries its entry
+        // (the span's other field); each must carry the update_id beside it.
+        if v.get("entry").is_some() {
             about_update += 1;
             assert_eq!(
-                v["span"]["update_id"], id,
+                v["update_id"], id,
                 "update line without its update_id: {line}"
             );
         }
     }
-    assert!(about_update >= 1, "no log line about the update:\n{logs}");
+    // At least the info line every answered command writes.
+    let answered = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "command answered")
+        .unwrap_or_else(|| panic!("no `command answered` line:\n{logs}"));
+    assert_eq!(answered["update_id"], id, "{answered}");
+    assert!(about_update >= 2, "lines about the update:\n{logs}");
     assert!(!logs.contains(TOKEN));
 }
 

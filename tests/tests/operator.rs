@@ -121,6 +121,7 @@ async fn every_command_has_help_and_meaningful_exit_codes() {
         ("worker", vec!["queue", "stats", "--help"]),
         ("worker", vec!["queue", "dead", "--help"]),
         ("worker", vec!["queue", "replay-dead", "--help"]),
+        ("bot", vec!["--help"]),
     ] {
         let (st, out, err) = run_to_exit(bin, &args, &env, T).await;
         assert!(st.success(), "{bin} {args:?}: {st}\n{out}\n{err}");
@@ -132,6 +133,8 @@ async fn every_command_has_help_and_meaningful_exit_codes() {
     // A wrong subcommand is a usage error (2), not a crash or a success.
     let (st, _, err) = run_to_exit("worker", &["queue", "nonsense"], &env, T).await;
     assert_eq!(st.code(), Some(2), "{err}");
+    let (st, _, err) = run_to_exit("bot", &["serve"], &env, T).await;
+    assert_eq!(st.code(), Some(2), "`bot` takes no arguments: {err}");
     // Redis unreachable: a runtime failure (1) with a clear message, no hang.
     let dead = [("REDIS_URL", "redis://127.0.0.1:1")];
     let (st, _, err) = run_to_exit("worker", &["queue", "stats"], &dead, T).await;

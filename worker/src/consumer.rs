@@ -252,7 +252,7 @@ impl Consumer {
             s.insert(entry.id.clone());
         }
         if !self.settings.per_chat_order || entry.key.is_empty() {
-            return self.start(entry, hold);
+            return self.start(entry, hold, None);
         }
         if let Ok(mut p) = self.parked.lock() {
             p.by_key
@@ -263,8 +263,9 @@ impl Consumer {
         self.wake.notify_one();
     }
 
-    /// Runs an entry as soon as a handler slot is free.
-    fn start(self: &Arc<Self>, entry: Entry, hold: Hold) {
+    /// Runs an entry as soon as a handler slot is free. `known_done`: the
+    /// dedupe check already made when the entry became its chat's head.
+    fn start(self: &Arc<Self>, entry: Entry, hold: Hold, known_done: Option<bool>) {
         let span = tracing::info_span!("update", update_id = entry.update_id, entry = %entry.id);
         let this = self.clone();
         self.tasks.spawn(
@@ -272,18 +273,25 @@ impl Consumer {
                 let Ok(slot) = this.slots.clone().acquire_owned().await else {
                     return;
                 };
-                this.deliver(entry, slot).await;
+                this.deliver(entry, slot, known_done).await;
                 drop(hold);
             }
             .instrument(span),
         );
     }
 
-    async fn deliver(&self, entry: Entry, permit: OwnedSemaphorePermit) {
+    async fn deliver(&self, entry: Entry, permit: OwnedSemaphorePermit, known_done: Option<bool>) {
         let mut permit = Some(permit);
+        let mut known_done = known_done;
         loop {
-            // Cheap pre-check; the authoritative one is in the finish script.
-            if let Ok(true) = self.store.is_done(entry.update_id).await {
+            // Cheap pre-check (made by the park pass for ordered entries, so
+            // at no extra round trip); the authoritative one is in the
+            // finish script. A retry asks afresh.
+            let done = match known_done.take() {
+                Some(d) => Ok(d),
+                None => self.store.is_done(entry.update_id).await,
+            };
+            if let Ok(true) = done {
                 let (fresh, _) = self.finish(&entry, None).await;
                 if !fresh {
                     self.metrics.deduplicated.inc();
@@ -530,14 +538,24 @@ impl Consumer {
                 _ = tokio::time::sleep(PARK_POLL), if !idle => {}
                 _ = cancel.cancelled() => return,
             }
-            let keys: Vec<String> = match self.parked.lock() {
-                Ok(p) => p.by_key.keys().cloned().collect(),
+            // Each chat with the update id of its oldest parked entry: the
+            // one that runs if it is the head, so its dedupe check rides
+            // along with the head lookup.
+            let asked: Vec<(String, i64)> = match self.parked.lock() {
+                Ok(p) => p
+                    .by_key
+                    .iter()
+                    .filter_map(|(k, q)| {
+                        q.first_key_value()
+                            .map(|(_, (e, _))| (k.clone(), e.update_id))
+                    })
+                    .collect(),
                 Err(_) => continue,
             };
-            if keys.is_empty() {
+            if asked.is_empty() {
                 continue;
             }
-            let heads = match self.store.heads(&keys).await {
+            let heads = match self.store.heads(&asked).await {
                 Ok(h) => h,
                 Err(e) => {
                     debug!(error = %e, "reading chat heads failed");
@@ -552,11 +570,11 @@ impl Consumer {
             let mut stuck = Vec::new();
             if let Ok(mut p) = self.parked.lock() {
                 let Parked { by_key, waiting_on } = &mut *p;
-                for (key, head) in keys.iter().zip(heads) {
+                for ((key, asked_id), head) in asked.iter().zip(heads) {
                     let Some(queue) = by_key.get_mut(key) else {
                         continue;
                     };
-                    match head {
+                    match head.entry {
                         Some(h) => {
                             let h_order = id_order(&h);
                             // Entries older than the head are no longer
@@ -566,12 +584,15 @@ impl Consumer {
                                 if first >= h_order {
                                     break;
                                 }
-                                if let Some(e) = queue.remove(&first) {
-                                    ready.push(e);
+                                if let Some((e, hold)) = queue.remove(&first) {
+                                    ready.push((e, hold, None));
                                 }
                             }
-                            if let Some(e) = queue.remove(&h_order) {
-                                ready.push(e);
+                            if let Some((e, hold)) = queue.remove(&h_order) {
+                                // The answer is about this entry only if it
+                                // was the one asked about.
+                                let known = (e.update_id == *asked_id).then_some(head.asked_done);
+                                ready.push((e, hold, known));
                                 waiting_on.remove(key);
                             } else {
                                 match waiting_on.get(key) {
@@ -590,7 +611,11 @@ impl Consumer {
                         // Nothing listed: these entries were never listed
                         // (an older writer) or already ended; run them.
                         None => {
-                            ready.extend(std::mem::take(queue).into_values());
+                            ready.extend(
+                                std::mem::take(queue)
+                                    .into_values()
+                                    .map(|(e, hold)| (e, hold, None)),
+                            );
                             waiting_on.remove(key);
                         }
                     }
@@ -610,8 +635,8 @@ impl Consumer {
                     Err(e) => debug!(error = %e, "healing a chat head failed"),
                 }
             }
-            for (entry, hold) in ready {
-                self.start(entry, hold);
+            for (entry, hold, known_done) in ready {
+                self.start(entry, hold, known_done);
             }
         }
     }

@@ -162,7 +162,15 @@ impl Bot {
             }
             Err(e) => return Err(e.into()),
         };
-        debug!(command = %cmd.name, elapsed_ms = started.elapsed().as_millis() as u64, "command answered");
+        // Info, not debug: a command is what a user sees, so it is what an
+        // operator looks for in the logs (updates that are only counted
+        // stay at debug).
+        info!(
+            command = %cmd.name,
+            chat_id = msg.chat.id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "command answered"
+        );
         Ok(Handled { outcome, user })
     }
 

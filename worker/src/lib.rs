@@ -103,7 +103,11 @@ pub async fn run_with(
                 Err(e) if e.is_unauthorized() => return Err(WorkerError::Unauthorized),
                 Err(e) => {
                     let wait = e.retry_after().unwrap_or_else(|| backoff.next_delay());
-                    warn!(error = %e, "getMe failed; retrying in {wait:?}");
+                    warn!(
+                        error = %e,
+                        wait_ms = wait.as_millis() as u64,
+                        "worker cannot reach the Bot API (getMe); retrying"
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
                         _ = cancel.cancelled() => return Ok(()),

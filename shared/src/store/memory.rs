@@ -18,8 +18,8 @@ use futures::FutureExt;
 use tokio::sync::Notify;
 
 use super::{
-    id_order, Budget, Claimed, ConsumerInfo, DeadLetterRequest, Depth, Read, Store, StoreFuture,
-    UserTouch,
+    id_order, Budget, Claimed, ConsumerInfo, DeadLetterRequest, Depth, Head, Read, Store,
+    StoreFuture, UserTouch,
 };
 use crate::envelope::{now_ms, Enqueued, Entry, Probe};
 use crate::keys;
@@ -458,8 +458,17 @@ impl Store for MemoryStore {
         ready(self.with(|s| s.consumers.remove(name).is_some()))
     }
 
-    fn heads<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<String>>> {
-        ready(self.with(|s| keys.iter().map(|k| s.head(k)).collect()))
+    fn heads<'a>(&'a self, chats: &'a [(String, i64)]) -> StoreFuture<'a, Vec<Head>> {
+        let now = Instant::now();
+        ready(self.with(|s| {
+            chats
+                .iter()
+                .map(|(k, update_id)| Head {
+                    entry: s.head(k),
+                    asked_done: s.done.get(update_id).is_some_and(|e| *e > now),
+                })
+                .collect()
+        }))
     }
 
     fn heal_head<'a>(&'a self, key: &'a str, head: &'a str) -> StoreFuture<'a, bool> {
@@ -539,15 +548,26 @@ mod tests {
         let read = m.read_new("a", 10, 10).await.unwrap();
         assert_eq!(read.entries.len(), 2);
         let (e1, e2) = (&read.entries[0], &read.entries[1]);
+        let asked = [("c5".to_string(), 1)];
         assert_eq!(
-            m.heads(&["c5".to_string()]).await.unwrap(),
-            vec![Some(e1.id.clone())]
+            m.heads(&asked).await.unwrap(),
+            vec![Head {
+                entry: Some(e1.id.clone()),
+                asked_done: false
+            }]
         );
         assert_eq!(m.depth().await.unwrap().pending, 2);
         let (fresh, head) = m.finish(e1, None).await.unwrap();
         assert!(fresh);
         assert_eq!(head, Some(e2.id.clone()));
         assert!(m.is_done(1).await.unwrap());
+        assert_eq!(
+            m.heads(&asked).await.unwrap(),
+            vec![Head {
+                entry: Some(e2.id.clone()),
+                asked_done: true
+            }]
+        );
         // A redelivered copy of a handled update is a duplicate.
         let (fresh, _) = m.finish(e1, None).await.unwrap();
         assert!(!fresh);
@@ -588,7 +608,9 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(m.heads(&["c6".to_string()]).await.unwrap(), vec![None]);
+        let heads = m.heads(&[("c6".to_string(), 10)]).await.unwrap();
+        assert_eq!(heads[0].entry, None);
+        assert!(!heads[0].asked_done, "dead-lettered is not handled");
         assert_eq!(m.dead_letters()[0].error, "boom");
         assert_eq!(m.depth().await.unwrap().length, 0);
     }

@@ -157,8 +157,13 @@ pub trait Store: Send + Sync + 'static {
     fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>>;
     /// Removes a consumer name; true once it is gone.
     fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool>;
-    /// The first entry id of each chat's order list.
-    fn heads<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<String>>>;
+    /// For each `(chat, update_id)`: the first entry id of the chat's order
+    /// list, and whether `update_id` (the oldest update parked for that
+    /// chat, i.e. the likely head) is already handled. One round trip for
+    /// both: the dedupe check belongs at the moment an entry becomes the
+    /// head, because that is when every earlier entry of its chat - a
+    /// duplicate of it included - has ended.
+    fn heads<'a>(&'a self, chats: &'a [(String, i64)]) -> StoreFuture<'a, Vec<Head>>;
     /// Drops a chat's head if it is still the head and its entry is gone.
     fn heal_head<'a>(&'a self, key: &'a str, head: &'a str) -> StoreFuture<'a, bool>;
 
@@ -167,6 +172,15 @@ pub trait Store: Send + Sync + 'static {
     fn bot_stats(&self, now_ms: i64) -> StoreFuture<'_, BotStats>;
     /// 0 when a message may go now (and books it), else microseconds to wait.
     fn admit(&self, budget: Budget) -> StoreFuture<'_, u64>;
+}
+
+/// A chat's head, as [`Store::heads`] answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The oldest entry of the chat not yet ended; `None`: none listed.
+    pub entry: Option<String>,
+    /// Whether the update id asked about is already handled.
+    pub asked_done: bool,
 }
 
 #[derive(Debug, Clone, Copy)]

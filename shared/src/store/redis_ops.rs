@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use redis::aio::ConnectionManager;
 use redis::Value;
 
-use super::{ConsumerInfo, UserTouch};
+use super::{ConsumerInfo, Head, UserTouch};
 use crate::envelope::{now_ms, Entry};
 use crate::keys;
 
@@ -205,8 +205,9 @@ pub async fn heartbeat(
 /// Returns whether the update was fresh (a duplicate is counted nowhere)
 /// and the conversation's next entry id, if any.
 const FINISH_LUA: &str = r#"
-local fresh = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
+local fresh = redis.call('SETBIT', KEYS[1], ARGV[12], 1) == 0
 if fresh then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
   redis.call('HINCRBY', KEYS[5], 'updates_handled', 1)
   if ARGV[3] ~= '' then
     redis.call('HSETNX', KEYS[2], 'first_seen', ARGV[2])
@@ -265,8 +266,9 @@ impl Scripts {
         user: Option<&UserTouch>,
     ) -> RedisResult<(bool, Option<String>)> {
         let u = user.cloned().unwrap_or_default();
+        let done = keys::done(entry.update_id);
         let mut inv = self.finish.prepare_invoke();
-        inv.key(keys::done(entry.update_id))
+        inv.key(&done.key)
             .key(keys::user(u.id))
             .key(keys::USERS_FIRST_SEEN)
             .key(keys::USERS_LAST_SEEN)
@@ -288,7 +290,8 @@ impl Scripts {
             .arg(&u.start_payload)
             .arg(keys::GROUP)
             .arg(&entry.id)
-            .arg(&entry.key);
+            .arg(&entry.key)
+            .arg(done.bit);
         let (fresh, head): (i64, String) = inv.invoke_async(conn).await?;
         Ok((fresh == 1, Some(head).filter(|h| !h.is_empty())))
     }
@@ -334,10 +337,13 @@ pub async fn count_failure(conn: &mut ConnectionManager, entry_id: &str) -> Redi
 }
 
 pub async fn is_done(conn: &mut ConnectionManager, update_id: i64) -> RedisResult<bool> {
-    redis::cmd("EXISTS")
-        .arg(keys::done(update_id))
+    let done = keys::done(update_id);
+    let bit: u8 = redis::cmd("GETBIT")
+        .arg(&done.key)
+        .arg(done.bit)
         .query_async(conn)
-        .await
+        .await?;
+    Ok(bit == 1)
 }
 
 pub async fn consumers(conn: &mut ConnectionManager) -> RedisResult<Vec<ConsumerInfo>> {
@@ -392,13 +398,26 @@ pub fn value_i64(v: &Value) -> Option<i64> {
 /// The first entry id of each conversation's order list (one round trip).
 pub async fn heads(
     conn: &mut ConnectionManager,
-    order_keys: &[String],
-) -> RedisResult<Vec<Option<String>>> {
+    chats: &[(String, i64)],
+) -> RedisResult<Vec<Head>> {
     let mut pipe = redis::pipe();
-    for k in order_keys {
+    for (k, update_id) in chats {
+        let done = keys::done(*update_id);
         pipe.cmd("LINDEX").arg(keys::order(k)).arg(0);
+        pipe.cmd("GETBIT").arg(&done.key).arg(done.bit);
     }
-    pipe.query_async(conn).await
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    let mut out = Vec::with_capacity(chats.len());
+    let mut it = replies.into_iter();
+    while let (Some(head), Some(bit)) = (it.next(), it.next()) {
+        let entry: Option<String> = redis::from_redis_value(head)?;
+        let bit: u8 = redis::from_redis_value(bit)?;
+        out.push(Head {
+            entry,
+            asked_done: bit == 1,
+        });
+    }
+    Ok(out)
 }
 
 /// Unblocks a conversation whose head entry no longer exists in the stream

@@ -7,8 +7,8 @@ use redis::aio::ConnectionManager;
 
 use super::redis_ops::{self, Scripts};
 use super::{
-    Budget, Claimed, ConsumerInfo, DeadLetterRequest, Depth, Read, Store, StoreError, StoreFuture,
-    StoreResult, UserTouch,
+    Budget, Claimed, ConsumerInfo, DeadLetterRequest, Depth, Head, Read, Store, StoreError,
+    StoreFuture, StoreResult, UserTouch,
 };
 use crate::envelope::{Enqueued, Enqueuer, Entry, Probe};
 use crate::keys;
@@ -333,10 +333,10 @@ impl Store for RedisStore {
         .boxed()
     }
 
-    fn heads<'a>(&'a self, keys: &'a [String]) -> StoreFuture<'a, Vec<Option<String>>> {
+    fn heads<'a>(&'a self, chats: &'a [(String, i64)]) -> StoreFuture<'a, Vec<Head>> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::heads(&mut c, keys)).await
+            bounded(redis_ops::heads(&mut c, chats)).await
         }
         .boxed()
     }

@@ -1,7 +1,13 @@
 //! Logging setup: `RUST_LOG` filters, `LOG_FORMAT=json` gives one JSON
-//! object per line with the current span's fields (such as `update_id`).
+//! object per line with the fields of the spans in scope (such as
+//! `update_id`) at the top level.
 
+mod flat_json;
+
+use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::EnvFilter;
+
+pub use flat_json::FlatJson;
 
 use crate::config::LogFormat;
 
@@ -25,10 +31,8 @@ pub fn init(format: LogFormat) {
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(FlatJson)
             .try_init(),
         LogFormat::Pretty => builder.with_target(false).try_init(),
     };
