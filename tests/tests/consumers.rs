@@ -48,22 +48,52 @@ async fn consumer_names(s: &Stack) -> Vec<String> {
         .collect()
 }
 
+/// The named consumer's pending count, from `XINFO CONSUMERS`.
+async fn pending_of(s: &Stack, name: &str) -> Option<u64> {
+    let mut c = s.redis_conn().await;
+    let v: redis::Value = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(keys::STREAM)
+        .arg(keys::GROUP)
+        .query_async(&mut c)
+        .await
+        .ok()?;
+    let redis::Value::Array(items) = v else {
+        return None;
+    };
+    items.iter().find_map(|i| {
+        let m = e2e::harness::kv(i);
+        let n = m.get("name").and_then(e2e::harness::value_str)?;
+        if n != name {
+            return None;
+        }
+        match m.get("pending")? {
+            redis::Value::Int(p) => u64::try_from(*p).ok(),
+            _ => None,
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_workers_name_is_removed_after_its_entries_are_reclaimed() {
-    // 200 ms claim period: ten periods are 2 s.
+    // 200 ms claim period: ten periods are 2 s. One update at a time, so
+    // the worker dies with read-ahead entries pending under its name
+    // (Redis keeps a consumer that owns entries; an idle one is what goes).
     let Some(mut s) = Stack::builder()
         .workers(1)
         .worker_env("WORKER_CLAIM_IDLE_MS", "200")
+        .worker_env("WORKER_CONCURRENCY", "1")
         .start()
         .await
     else {
         return;
     };
     s.api.set_delay(Duration::from_millis(300));
-    for i in 0..6 {
+    let chats: Vec<i64> = (0..6).map(|i| 760_000 + i).collect();
+    for &chat in &chats {
         s.post_ok(&private_command(
             next_update_id(),
-            760_000 + i,
+            chat,
             "Gone",
             Some("en"),
             "/help",
@@ -79,10 +109,25 @@ async fn a_dead_workers_name_is_removed_after_its_entries_are_reclaimed() {
     assert_eq!(names.len(), 1, "{names:?}");
     let dead = names[0].clone();
     assert!(s.workers[0].kill().await.is_some());
+    let held = pending_of(&s, &dead).await.unwrap_or(0);
+    assert!(
+        held > 0,
+        "the killed worker held no entries; nothing to reclaim"
+    );
 
     s.spawn_worker(&[]);
+    let all_answered = s
+        .api
+        .wait_for(Duration::from_secs(60), |calls| {
+            chats.iter().all(|&chat| {
+                calls
+                    .iter()
+                    .any(|c| c.ok() && c.method == "sendMessage" && c.chat_id() == Some(chat))
+            })
+        })
+        .await;
     assert!(
-        s.api.wait_for_sent(6, Duration::from_secs(60)).await,
+        all_answered,
         "the new worker reclaims and answers everything\n{}",
         s.logs_tail()
     );
@@ -93,15 +138,19 @@ async fn a_dead_workers_name_is_removed_after_its_entries_are_reclaimed() {
     let now = consumer_names(&s).await;
     assert!(
         gone,
-        "dead consumer {dead} still in the group: {now:?}\n{}",
+        "dead consumer {dead} (held {held}) still in the group: {now:?}\n{}",
         s.logs_tail()
     );
+    // The live worker claimed the dead one's entries, so its name is in
+    // the group and stays there.
     assert_eq!(now.len(), 1, "only the live worker remains: {now:?}");
-    assert!(
+    assert_ne!(now[0], dead);
+    // The log line is written after DELCONSUMER answered: wait for it.
+    let logged = eventually(Duration::from_secs(10), || async {
         s.workers[1]
             .logs()
-            .contains("removed a consumer that is gone"),
-        "{}",
-        s.workers[1].logs()
-    );
+            .contains("removed a consumer that is gone")
+    })
+    .await;
+    assert!(logged, "{}", s.workers[1].logs());
 }
