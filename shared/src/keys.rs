@@ -63,6 +63,15 @@ pub fn order(key: &str) -> String {
     format!("tgbot:order:{key}")
 }
 
+/// Present while the worker using this consumer name runs: it renews the
+/// key every claim period. Redis's own idle time cannot tell a dead
+/// consumer from a live one with no work (7.0 does not refresh it on a
+/// blocking read that returns nothing), so only names without this key
+/// are removed.
+pub fn alive(consumer: &str) -> String {
+    format!("tgbot:consumer-alive:{consumer}")
+}
+
 /// Hash per user: first_name, username, language_code, first_seen,
 /// last_seen (ms since epoch), start_payload, messages.
 pub fn user(user_id: i64) -> String {

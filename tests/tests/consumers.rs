@@ -154,3 +154,59 @@ async fn a_dead_workers_name_is_removed_after_its_entries_are_reclaimed() {
     .await;
     assert!(logged, "{}", s.workers[1].logs());
 }
+
+/// Redis 7.0 neither adds a consumer for a blocking read that returns
+/// nothing nor refreshes its idle time: without the worker joining the
+/// group at start and renewing its alive mark, an idle replica would be
+/// missing from `worker queue stats` and its peers would remove its name.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_workers_keep_their_names_and_a_dead_one_loses_its() {
+    let Some(mut s) = Stack::builder()
+        .workers(2)
+        .worker_env("WORKER_CLAIM_IDLE_MS", "200")
+        .start()
+        .await
+    else {
+        return;
+    };
+    let both = eventually(Duration::from_secs(30), || async {
+        consumer_names(&s).await.len() == 2
+    })
+    .await;
+    assert!(
+        both,
+        "both replicas are in the group before any work: {:?}",
+        consumer_names(&s).await
+    );
+    // Fifteen claim periods with no work at all: each worker's cleanup has
+    // run several times past the ten-period limit.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let names = consumer_names(&s).await;
+    assert_eq!(names.len(), 2, "idle replicas keep their names: {names:?}");
+    for w in &s.workers {
+        assert!(
+            !w.logs().contains("removed a consumer that is gone"),
+            "{}",
+            w.logs()
+        );
+    }
+
+    assert!(s.workers[0].kill().await.is_some());
+    let left = eventually(Duration::from_secs(30), || async {
+        consumer_names(&s).await.len() == 1
+    })
+    .await;
+    assert!(
+        left,
+        "the killed replica's name goes: {:?}\n{}",
+        consumer_names(&s).await,
+        s.logs_tail()
+    );
+    let logged = eventually(Duration::from_secs(10), || async {
+        s.workers[1]
+            .logs()
+            .contains("removed a consumer that is gone")
+    })
+    .await;
+    assert!(logged, "{}", s.workers[1].logs());
+}

@@ -56,6 +56,9 @@ use shared::store::{id_order, DeadLetterRequest, Store, UserTouch};
 
 /// How long one XREADGROUP waits for new entries before looping (and
 /// noticing a shutdown).
+/// Claim periods without a sign of life after which a consumer name with
+/// nothing pending is removed (SPEC: "ten claim-idle periods").
+const DEAD_AFTER_PERIODS: u32 = 10;
 const BLOCK: Duration = Duration::from_millis(1000);
 
 pub struct Settings {
@@ -134,12 +137,13 @@ impl Consumer {
     /// handlers finish (bounded by the grace period) and returns.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-        while let Err(e) = self.store.ensure_group().await {
+        while let Err(e) = self.store.join_group(&self.settings.name).await {
             warn!(error = %e, "cannot create the consumer group yet (Redis unavailable?)");
             if sleep_or_cancel(backoff.next_delay(), &cancel).await {
                 return;
             }
         }
+        self.mark_alive().await;
         info!(consumer = %self.settings.name, concurrency = self.settings.concurrency, "worker consuming");
 
         // The reclaimer stops taking work with the shutdown signal; the
@@ -229,7 +233,7 @@ impl Consumer {
                     // The stream or group vanished (Redis restarted without
                     // its data, or an operator deleted it): recreate.
                     warn!("consumer group missing; recreating it");
-                    let _ = self.store.ensure_group().await;
+                    let _ = self.store.join_group(&self.settings.name).await;
                 }
                 Err(e) => {
                     if !outage {
@@ -434,9 +438,14 @@ impl Consumer {
         let idle = self.settings.claim_idle;
         let tick = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(5));
         let mut last_cleanup = Instant::now();
+        let mut last_alive = Instant::now();
         loop {
             if sleep_or_cancel(tick, &cancel).await {
                 return;
+            }
+            if last_alive.elapsed() >= idle {
+                last_alive = Instant::now();
+                self.mark_alive().await;
             }
             let mut cursor = "0-0".to_string();
             for _ in 0..20 {
@@ -508,16 +517,26 @@ impl Consumer {
         }
     }
 
+    /// Renewed every claim period, valid for ten: a worker that misses
+    /// ten renewals is dead or cut off from Redis.
+    async fn mark_alive(&self) {
+        let ttl = self.settings.claim_idle * DEAD_AFTER_PERIODS;
+        if let Err(e) = self.store.mark_alive(&self.settings.name, ttl).await {
+            debug!(error = %e, "could not renew the alive mark");
+        }
+    }
+
     /// Consumer names of dead workers would pile up with every deploy;
-    /// a name goes once it owns nothing and has been silent for ten claim
-    /// periods.
+    /// a name goes once it owns nothing, has been silent for ten claim
+    /// periods and its worker stopped renewing its alive mark (an idle
+    /// live worker looks silent to Redis 7.0 too).
     async fn remove_dead_consumers(&self) {
         let Ok(list) = self.store.consumers().await else {
             return;
         };
-        let limit = self.settings.claim_idle.as_millis() as u64 * 10;
+        let limit = self.settings.claim_idle.as_millis() as u64 * u64::from(DEAD_AFTER_PERIODS);
         for c in list {
-            if c.name != self.settings.name && c.pending == 0 && c.idle_ms > limit {
+            if c.name != self.settings.name && c.pending == 0 && c.idle_ms > limit && !c.alive {
                 if let Ok(true) = self.store.delete_consumer(&c.name).await {
                     info!(consumer = %c.name, idle_ms = c.idle_ms, "removed a consumer that is gone");
                 }

@@ -244,7 +244,12 @@ impl Store for MemoryStore {
         ready(())
     }
 
-    fn ensure_group(&self) -> StoreFuture<'_, ()> {
+    fn join_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, ()> {
+        self.with(|s| {
+            s.consumers
+                .entry(consumer.to_owned())
+                .or_insert_with(Instant::now);
+        });
         ready(())
     }
 
@@ -449,9 +454,18 @@ impl Store for MemoryStore {
                     name: name.clone(),
                     pending: s.pending.values().filter(|p| &p.consumer == name).count() as u64,
                     idle_ms: seen.elapsed().as_millis() as u64,
+                    alive: s.kv_get(&keys::alive(name)).is_some(),
                 })
                 .collect()
         }))
+    }
+
+    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
+        let exp = Instant::now() + ttl;
+        self.with(|s| {
+            s.kv.insert(keys::alive(consumer), ("1".to_owned(), Some(exp)));
+        });
+        ready(())
     }
 
     fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {

@@ -17,6 +17,8 @@ mod memory;
 pub mod redis_ops;
 mod redis_store;
 
+use std::time::Duration;
+
 use futures::future::BoxFuture;
 
 pub use memory::MemoryStore;
@@ -77,6 +79,8 @@ pub struct ConsumerInfo {
     pub name: String,
     pub pending: u64,
     pub idle_ms: u64,
+    /// The worker behind the name renewed its alive key in time.
+    pub alive: bool,
 }
 
 /// Numbers for gauges: entries in the stream, not yet delivered, delivered
@@ -121,7 +125,8 @@ pub trait Store: Send + Sync + 'static {
     fn release(&self, key: &str, holder: &str) -> StoreFuture<'_, ()>;
 
     // --- the way out ---
-    fn ensure_group(&self) -> StoreFuture<'_, ()>;
+    /// Creates the consumer group if missing and adds `consumer` to it.
+    fn join_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, ()>;
     /// New entries for `consumer`, waiting up to `block_ms` for some.
     fn read_new<'a>(
         &'a self,
@@ -155,6 +160,8 @@ pub trait Store: Send + Sync + 'static {
     /// Moves the entry to the dead letters with the reason, atomically.
     fn dead_letter<'a>(&'a self, dead: DeadLetterRequest<'a>) -> StoreFuture<'a, ()>;
     fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>>;
+    /// Says `consumer`'s worker is running, for `ttl` from now.
+    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()>;
     /// Removes a consumer name; true once it is gone.
     fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool>;
     /// For each `(chat, update_id)`: the first entry id of the chat's order

@@ -9,6 +9,7 @@
 //! worker fleet would lose updates. Deleting exactly what was handled cannot.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Value;
@@ -19,10 +20,13 @@ use crate::keys;
 
 pub type RedisResult<T> = redis::RedisResult<T>;
 
-/// Creates the group if missing - also when the stream does not exist yet.
-/// It starts at the beginning of the stream: updates accepted before the
-/// first worker ever ran are handled too.
-pub async fn ensure_group(conn: &mut ConnectionManager) -> RedisResult<()> {
+/// Creates the group if missing - also when the stream does not exist yet -
+/// and adds `consumer` to it. The group starts at the beginning of the
+/// stream: updates accepted before the first worker ever ran are handled
+/// too. The consumer is added explicitly because Redis 7.0 adds one only
+/// when it is first handed entries: a replica that has had no work yet
+/// would be missing from `worker queue stats`.
+pub async fn join_group(conn: &mut ConnectionManager, consumer: &str) -> RedisResult<()> {
     let r: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(keys::STREAM)
@@ -32,9 +36,17 @@ pub async fn ensure_group(conn: &mut ConnectionManager) -> RedisResult<()> {
         .query_async(conn)
         .await;
     match r {
-        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-        other => other,
+        Err(e) if e.code() == Some("BUSYGROUP") => {}
+        other => other?,
     }
+    redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(keys::STREAM)
+        .arg(keys::GROUP)
+        .arg(consumer)
+        .query_async::<i64>(conn)
+        .await
+        .map(drop)
 }
 
 pub fn is_nogroup(e: &redis::RedisError) -> bool {
@@ -358,8 +370,42 @@ pub async fn consumers(conn: &mut ConnectionManager) -> RedisResult<Vec<Consumer
             name: m.get("name").and_then(value_string).unwrap_or_default(),
             pending: m.get("pending").and_then(value_u64).unwrap_or(0),
             idle_ms: m.get("idle").and_then(value_u64).unwrap_or(0),
+            alive: false,
         })
         .collect())
+}
+
+/// Fills in `alive` for each consumer: one pipelined EXISTS per name.
+pub async fn fill_alive(
+    conn: &mut ConnectionManager,
+    consumers: &mut [ConsumerInfo],
+) -> RedisResult<()> {
+    if consumers.is_empty() {
+        return Ok(());
+    }
+    let mut p = redis::pipe();
+    for c in consumers.iter() {
+        p.exists(keys::alive(&c.name));
+    }
+    let alive: Vec<bool> = p.query_async(conn).await?;
+    for (c, a) in consumers.iter_mut().zip(alive) {
+        c.alive = a;
+    }
+    Ok(())
+}
+
+pub async fn mark_alive(
+    conn: &mut ConnectionManager,
+    consumer: &str,
+    ttl: Duration,
+) -> RedisResult<()> {
+    redis::cmd("SET")
+        .arg(keys::alive(consumer))
+        .arg(1)
+        .arg("PX")
+        .arg(ttl.as_millis().max(1) as u64)
+        .query_async(conn)
+        .await
 }
 
 pub async fn delete_consumer(conn: &mut ConnectionManager, name: &str) -> RedisResult<u64> {

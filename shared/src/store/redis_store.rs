@@ -194,10 +194,10 @@ impl Store for RedisStore {
         .boxed()
     }
 
-    fn ensure_group(&self) -> StoreFuture<'_, ()> {
+    fn join_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, ()> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::ensure_group(&mut c)).await
+            bounded(redis_ops::join_group(&mut c, consumer)).await
         }
         .boxed()
     }
@@ -317,7 +317,20 @@ impl Store for RedisStore {
     fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::consumers(&mut c)).await
+            bounded(async {
+                let mut list = redis_ops::consumers(&mut c).await?;
+                redis_ops::fill_alive(&mut c, &mut list).await?;
+                Ok(list)
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::mark_alive(&mut c, consumer, ttl)).await
         }
         .boxed()
     }
