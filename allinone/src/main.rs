@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             Some(url) => match RedisStore::open(url) {
                 Ok(s) => {
                     tracing::info!(redis = %shared::config::redact_url(url), "queue: Redis");
+                    s.spawn_durability_report();
                     Arc::new(s)
                 }
                 Err(e) => {

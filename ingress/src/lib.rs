@@ -41,6 +41,7 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Ingr
     let redis_url = config.redis_url_or_default().to_owned();
     let store = RedisStore::open(&redis_url).map_err(IngressError::Redis)?;
     info!(redis = %redact_url(&redis_url), "using Redis");
+    store.spawn_durability_report();
     serve_with(config, Arc::new(store), cancel).await
 }
 

@@ -181,6 +181,8 @@ pub struct RedisOptions {
     /// `--appendonly yes --appendfsync always`: every acknowledged write
     /// survives `stop()`/`kill()` + `restart()`.
     pub aof: bool,
+    /// More `redis-server` arguments, e.g. `["--maxmemory", "100mb"]`.
+    pub args: Vec<String>,
 }
 
 /// A `redis-server` child on 127.0.0.1 and a free port, killed on drop.
@@ -259,6 +261,7 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
+        cmd.args(&self.opts.args);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

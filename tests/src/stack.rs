@@ -95,6 +95,12 @@ impl StackBuilder {
         self
     }
 
+    /// More `redis-server` arguments.
+    pub fn redis_args(mut self, args: &[&str]) -> Self {
+        self.redis.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
     /// `None` when redis-server is not installed (the test returns early).
     pub async fn start(self) -> Option<Stack> {
         let redis = RedisServer::start_with(self.redis).await?;

@@ -211,7 +211,12 @@ async fn railway_guide_with_the_image() {
     assert!(worker_cfg.replicas >= 2, "the guide scales workers out");
 
     // 1. Redis, with AOF as the guide asks.
-    let Some(redis) = RedisServer::start_with(RedisOptions { aof: true }).await else {
+    let Some(redis) = RedisServer::start_with(RedisOptions {
+        aof: true,
+        ..Default::default()
+    })
+    .await
+    else {
         return;
     };
     // Stands in for api.telegram.org; the only variable the guide does not

@@ -5,7 +5,12 @@ use e2e::harness::{RedisOptions, RedisServer};
 
 #[tokio::test]
 async fn redis_aof_survives_stop_kill_and_restart() {
-    let Some(mut redis) = RedisServer::start_with(RedisOptions { aof: true }).await else {
+    let Some(mut redis) = RedisServer::start_with(RedisOptions {
+        aof: true,
+        ..Default::default()
+    })
+    .await
+    else {
         return;
     };
     let port = redis.port();

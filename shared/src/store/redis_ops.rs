@@ -514,3 +514,81 @@ pub async fn depth(conn: &mut ConnectionManager) -> RedisResult<super::Depth> {
         pending,
     })
 }
+
+/// Settings of the Redis server that can lose updates the ingress already
+/// answered 200 for, each as one line an operator can act on. Read from
+/// `INFO` (managed Redis services often refuse `CONFIG`).
+pub async fn durability_risks(conn: &mut ConnectionManager) -> RedisResult<Vec<String>> {
+    let (persistence, memory): (String, String) = redis::pipe()
+        .cmd("INFO")
+        .arg("persistence")
+        .cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await?;
+    Ok(risks_from_info(&persistence, &memory))
+}
+
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines().find_map(|l| {
+        l.trim_end()
+            .strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(':'))
+    })
+}
+
+fn risks_from_info(persistence: &str, memory: &str) -> Vec<String> {
+    let mut risks = Vec::new();
+    if info_field(persistence, "aof_enabled") == Some("0") {
+        risks.push(
+            "Redis runs without AOF (appendonly no): if Redis restarts, updates already \
+             acknowledged to Telegram since its last snapshot are lost (all of them if it \
+             takes none); turn appendonly on"
+                .to_owned(),
+        );
+    }
+    let limited = info_field(memory, "maxmemory").is_some_and(|m| m != "0");
+    match info_field(memory, "maxmemory_policy") {
+        Some(p) if limited && p.starts_with("allkeys-") => risks.push(format!(
+            "Redis may evict any key when it is full (maxmemory-policy {p}): queued \
+             updates can be evicted and lost; use noeviction"
+        )),
+        Some(p) if limited && p.starts_with("volatile-") => risks.push(format!(
+            "Redis may evict keys with a TTL when it is full (maxmemory-policy {p}): \
+             dedupe marks and the poller lease can vanish (duplicate replies, a second \
+             poller); use noeviction"
+        )),
+        _ => {}
+    }
+    risks
+}
+
+#[cfg(test)]
+mod durability_tests {
+    use super::risks_from_info;
+
+    #[test]
+    fn aof_off_is_a_risk_and_on_is_not() {
+        let off = risks_from_info("# Persistence\r\nloading:0\r\naof_enabled:0\r\n", "");
+        assert_eq!(off.len(), 1);
+        assert!(off[0].contains("appendonly"));
+        assert!(risks_from_info("aof_enabled:1\r\n", "").is_empty());
+    }
+
+    #[test]
+    fn eviction_matters_only_with_a_memory_limit() {
+        let mem = |limit: &str, policy: &str| {
+            format!("used_memory:1\r\nmaxmemory:{limit}\r\nmaxmemory_human:x\r\nmaxmemory_policy:{policy}\r\n")
+        };
+        let p = "aof_enabled:1\r\n";
+        assert!(risks_from_info(p, &mem("0", "allkeys-lru")).is_empty());
+        assert!(risks_from_info(p, &mem("104857600", "noeviction")).is_empty());
+        let all = risks_from_info(p, &mem("104857600", "allkeys-lru"));
+        assert!(
+            all.len() == 1 && all[0].contains("queued updates"),
+            "{all:?}"
+        );
+        let vol = risks_from_info(p, &mem("104857600", "volatile-ttl"));
+        assert!(vol.len() == 1 && vol[0].contains("dedupe"), "{vol:?}");
+    }
+}

@@ -91,6 +91,36 @@ impl RedisStore {
         })
     }
 
+    /// Logs, as soon as Redis first answers, each server setting that can
+    /// lose updates already acknowledged to Telegram: the queue's promise
+    /// is only as good as Redis's own durability, and the operator is the
+    /// one who can change it.
+    pub fn spawn_durability_report(&self) {
+        let mut conn = self.conn.clone();
+        tokio::spawn(async move {
+            loop {
+                match bounded(redis_ops::durability_risks(&mut conn)).await {
+                    Ok(risks) if risks.is_empty() => {
+                        tracing::info!("Redis durability: AOF on, no eviction");
+                        return;
+                    }
+                    Ok(risks) => {
+                        for risk in risks {
+                            tracing::warn!("{risk}");
+                        }
+                        return;
+                    }
+                    Err(StoreError::Redis(e)) if !e.is_io_error() && !e.is_connection_dropped() => {
+                        // INFO refused (an ACL): nothing to report.
+                        tracing::debug!(error = %e, "cannot read Redis's persistence settings");
+                        return;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+                }
+            }
+        });
+    }
+
     pub fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }
