@@ -204,40 +204,51 @@ pub struct ConsumerInfo {
     pub idle_ms: i64,
 }
 
-/// `XINFO CONSUMERS` of the workers' group (empty when it does not answer).
+/// `XINFO CONSUMERS` of the workers' group. A failed query is retried and
+/// then fails the test, never read as "no consumers": on a loaded machine
+/// a query can time out, and an empty answer would pass for "the dead
+/// name is gone".
 pub async fn consumers(redis_url: &str) -> Vec<ConsumerInfo> {
-    let Ok(client) = redis::Client::open(redis_url) else {
-        return Vec::new();
-    };
-    let Ok(Ok(mut c)) = tokio::time::timeout(
-        Duration::from_secs(5),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    else {
-        return Vec::new();
-    };
-    let v: redis::Value = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(keys::STREAM)
-        .arg(keys::GROUP)
-        .query_async(&mut c)
-        .await
-        .unwrap_or(redis::Value::Nil);
-    let redis::Value::Array(items) = v else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .map(|i| {
-            let m = kv(i);
-            ConsumerInfo {
-                name: m.get("name").and_then(value_str).unwrap_or_default(),
-                pending: m.get("pending").and_then(value_i64).unwrap_or(0),
-                idle_ms: m.get("idle").and_then(value_i64).unwrap_or(0),
+    let client = redis::Client::open(redis_url).expect("redis url");
+    let config = redis::AsyncConnectionConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(10)));
+    let mut last_err = String::new();
+    for _ in 0..10 {
+        let reply = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(mut c) => {
+                redis::cmd("XINFO")
+                    .arg("CONSUMERS")
+                    .arg(keys::STREAM)
+                    .arg(keys::GROUP)
+                    .query_async::<redis::Value>(&mut c)
+                    .await
             }
-        })
-        .collect()
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(redis::Value::Array(items)) => {
+                return items
+                    .iter()
+                    .map(|i| {
+                        let m = kv(i);
+                        ConsumerInfo {
+                            name: m.get("name").and_then(value_str).unwrap_or_default(),
+                            pending: m.get("pending").and_then(value_i64).unwrap_or(0),
+                            idle_ms: m.get("idle").and_then(value_i64).unwrap_or(0),
+                        }
+                    })
+                    .collect();
+            }
+            Ok(other) => panic!("XINFO CONSUMERS answered {other:?}"),
+            Err(e) => last_err = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("XINFO CONSUMERS kept failing: {last_err}");
 }
 
 /// The consumer a worker process registered: its name embeds the pid

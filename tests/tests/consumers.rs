@@ -4,74 +4,27 @@
 
 use std::time::Duration;
 
+use e2e::accounting::consumers;
 use e2e::harness::eventually;
 use e2e::stack::Stack;
 use e2e::updates::{next_update_id, private_command};
-use shared::keys;
 
-/// The group's consumer names. A failed query is retried, never read as
-/// "no consumers": on a loaded machine the test's own connection can time
-/// out, and an empty answer would pass for "the dead name is gone".
+/// The group's consumer names.
 async fn consumer_names(s: &Stack) -> Vec<String> {
-    let mut last_err = None;
-    let mut reply = None;
-    for _ in 0..10 {
-        let mut c = s.redis_conn().await;
-        match redis::cmd("XINFO")
-            .arg("CONSUMERS")
-            .arg(keys::STREAM)
-            .arg(keys::GROUP)
-            .query_async::<redis::Value>(&mut c)
-            .await
-        {
-            Ok(v) => {
-                reply = Some(v);
-                break;
-            }
-            Err(e) => {
-                last_err = Some(e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    let v = reply.unwrap_or_else(|| panic!("XINFO CONSUMERS kept failing: {last_err:?}"));
-    let redis::Value::Array(items) = v else {
-        panic!("XINFO CONSUMERS answered {v:?}");
-    };
-    items
-        .iter()
-        .filter_map(|i| {
-            e2e::harness::kv(i)
-                .get("name")
-                .and_then(e2e::harness::value_str)
-        })
+    consumers(&s.redis.url())
+        .await
+        .into_iter()
+        .map(|c| c.name)
         .collect()
 }
 
-/// The named consumer's pending count, from `XINFO CONSUMERS`.
-async fn pending_of(s: &Stack, name: &str) -> Option<u64> {
-    let mut c = s.redis_conn().await;
-    let v: redis::Value = redis::cmd("XINFO")
-        .arg("CONSUMERS")
-        .arg(keys::STREAM)
-        .arg(keys::GROUP)
-        .query_async(&mut c)
+/// The named consumer's pending count.
+async fn pending_of(s: &Stack, name: &str) -> Option<i64> {
+    consumers(&s.redis.url())
         .await
-        .ok()?;
-    let redis::Value::Array(items) = v else {
-        return None;
-    };
-    items.iter().find_map(|i| {
-        let m = e2e::harness::kv(i);
-        let n = m.get("name").and_then(e2e::harness::value_str)?;
-        if n != name {
-            return None;
-        }
-        match m.get("pending")? {
-            redis::Value::Int(p) => u64::try_from(*p).ok(),
-            _ => None,
-        }
-    })
+        .into_iter()
+        .find(|c| c.name == name)
+        .map(|c| c.pending)
 }
 
 #[tokio::test(flavor = "multi_thread")]

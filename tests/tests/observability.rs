@@ -132,7 +132,14 @@ async fn json_logs_carry_update_id_on_every_update_line() {
         .await;
     assert!(s.api.wait_for_sent(1, T).await, "{}", s.logs_tail());
     s.wait_drained(T).await;
+    // The harness reads the worker's output asynchronously: wait until the
+    // line written before the entry was finished has been read too.
+    let read = eventually(T, || async {
+        s.workers[0].logs().contains("command answered")
+    })
+    .await;
     let logs = s.workers[0].logs();
+    assert!(read, "no `command answered` line:\n{logs}");
     let mut about_update = 0;
     for line in logs.lines().filter(|l| !l.trim().is_empty()) {
         let v: serde_json::Value = serde_json::from_str(line)
