@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use shared::keys;
 
+use crate::accounting::{consumer_of_pid, consumers};
 use crate::fake_bot_api::{Call, FakeBotApi};
 use crate::harness::{
     eventually, free_port, http_get, kv, value_i64, value_str, webhook_post, HttpReply,
@@ -377,10 +378,10 @@ impl Stack {
         v.unwrap_or(0)
     }
 
-    /// Waits until the workers' consumer group exists (hard requirement),
-    /// then, briefly, until `n` connections are blocked in XREADGROUP (one
-    /// per idle worker; a hint only - Redis creates consumers lazily, so
-    /// there is no exact signal that a worker is reading).
+    /// Waits until the workers' consumer group exists and every running
+    /// worker has joined it under its name (hard requirements: a worker
+    /// adds itself at start), then, briefly, until `n` connections are
+    /// blocked in XREADGROUP (a hint that they are reading).
     pub async fn wait_workers_joined(&mut self, n: usize) {
         let redis_url = self.redis.url();
         let ok = eventually(READY_TIMEOUT, || {
@@ -405,6 +406,27 @@ impl Stack {
                 self.logs_tail()
             );
         }
+        let pids: Vec<u32> = self
+            .workers
+            .iter_mut()
+            .filter_map(|w| w.has_exited().is_none().then(|| w.pid()))
+            .collect();
+        let joined = eventually(READY_TIMEOUT, || {
+            let url = redis_url.clone();
+            let pids = pids.clone();
+            async move {
+                let list = consumers(&url).await;
+                pids.iter()
+                    .all(|&pid| consumer_of_pid(&list, pid).is_some())
+            }
+        })
+        .await;
+        assert!(
+            joined,
+            "workers {pids:?} did not all join the group within {READY_TIMEOUT:?}: {:?}\n{}",
+            consumers(&redis_url).await,
+            self.logs_tail()
+        );
         let reading = eventually(Duration::from_secs(10), || {
             let url = redis_url.clone();
             async move { blocked_readers(&url).await >= n }
