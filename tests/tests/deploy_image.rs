@@ -271,6 +271,15 @@ async fn railway_guide_with_the_image() {
         "registration never finished:\n{}",
         ingress.logs().await
     );
+    // "They also say whether Redis keeps what the ingress acknowledged":
+    // the guide's Redis runs with AOF and no memory limit.
+    assert!(
+        ingress
+            .wait_for_log("Redis durability: AOF on, no eviction", T)
+            .await,
+        "no durability report for the guide's Redis:\n{}",
+        ingress.logs().await
+    );
     let logs = ingress.logs().await;
     for line in [
         "Telegram bot initialized: @".to_owned(),
