@@ -408,6 +408,12 @@ pub struct Faults {
     /// 500 (JSON error body) or 502 (an nginx HTML page, as Telegram's
     /// front end answers when the back end is down).
     pub server_error_status: u16,
+    /// sendMessage to these chats is taken and never answered: the worker
+    /// handling it hangs there until it is killed (a handler that wedges or
+    /// kills its process on one update).
+    pub stalled_chats: HashSet<i64>,
+    /// sendMessage calls taken by `stalled_chats` so far.
+    pub stalled_calls: usize,
     /// Added to every call except getUpdates (which long-polls anyway).
     pub delay: Duration,
     /// Each sendMessage additionally waits a random time, uniform in
@@ -441,6 +447,8 @@ impl Default for Faults {
             server_error_every: None,
             server_error_probability: 0.0,
             server_error_status: 500,
+            stalled_chats: HashSet::new(),
+            stalled_calls: 0,
             delay: Duration::ZERO,
             send_jitter: Duration::ZERO,
             server_error_replies: HashSet::new(),
@@ -778,6 +786,16 @@ impl FakeBotApi {
         });
     }
 
+    /// sendMessage to `chat_id` hangs, never answered.
+    pub fn stall_chat(&self, chat_id: i64) {
+        self.faults(|f| f.stalled_chats.insert(chat_id));
+    }
+
+    /// sendMessage calls that hung so far.
+    pub fn stalled_calls(&self) -> usize {
+        self.faults(|f| f.stalled_calls)
+    }
+
     pub fn set_delay(&self, d: Duration) {
         self.faults(|f| f.delay = d);
     }
@@ -1058,10 +1076,19 @@ async fn route(
             return (m.name.clone(), err(400, format!("Bad Request: {e}")), raw);
         }
     };
-    let (delay, jitter) = {
-        let f = lock(&st.faults);
-        (f.delay, f.send_jitter)
+    let (delay, jitter, stall) = {
+        let mut f = lock(&st.faults);
+        let chat = params.get("chat_id").and_then(chat_i64);
+        let stall = m.name == "sendMessage" && chat.is_some_and(|c| f.stalled_chats.contains(&c));
+        if stall {
+            f.stalled_calls += 1;
+        }
+        (f.delay, f.send_jitter, stall)
     };
+    if stall {
+        // Longer than any test; the caller is killed long before.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
     if !delay.is_zero() && m.name != "getUpdates" {
         tokio::time::sleep(delay).await;
     }

@@ -1,6 +1,8 @@
 //! The Bot API misbehaving: 429 honoured and not counted as a failure, 5xx
 //! retried, 400/403 end the update, persistent failures dead-lettered with
-//! a reason and replayable (SPEC.md "Worker behaviour", "Operator commands").
+//! a reason and replayable, an update that wedges or kills every worker
+//! that takes it dead-lettered too (SPEC.md "Worker behaviour", "Operator
+//! commands").
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -252,5 +254,121 @@ async fn persistent_failures_are_dead_lettered_and_replayable() {
     assert!(r.shown_text().contains("Dead"), "{:?}", r.shown_text());
     s.wait_drained(Duration::from_secs(30)).await;
     assert_eq!(s.api.sent_count(), 1);
+    s.assert_clean();
+}
+
+/// Poison of the kind no error handling sees: the update wedges (or kills)
+/// the worker handling it, every time. Each worker is killed while stuck
+/// on it; the next one reclaims it; once it has been delivered more than
+/// `WORKER_MAX_DELIVERIES` times without ever finishing, it goes to the
+/// dead letters with that reason - and its chat's later update, and every
+/// other chat, are answered meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_that_kills_its_worker_every_time_is_dead_lettered() {
+    let Some(mut s) = Stack::builder()
+        .worker_env("WORKER_MAX_DELIVERIES", "2")
+        .worker_env("WORKER_CLAIM_IDLE_MS", "300")
+        .start()
+        .await
+    else {
+        return;
+    };
+    let poison_chat = 545_000;
+    s.api.stall_chat(poison_chat);
+    let poison = private_command(next_update_id(), poison_chat, "Wedge", Some("en"), "/help");
+    let poison_id = poison["update_id"].as_i64().expect("update_id");
+    s.post_ok(&poison).await;
+    let others: Vec<i64> = (1..=10).map(|i| poison_chat + i).collect();
+    for &chat in &others {
+        s.post_ok(&private_command(
+            next_update_id(),
+            chat,
+            "Fine",
+            Some("en"),
+            "/help",
+        ))
+        .await;
+    }
+
+    // Kill whichever worker is stuck on the poison, start the next, until
+    // the poison is dead-lettered. Two deliveries are allowed, so the third
+    // worker must dead-letter it without handling it: two kills.
+    let mut kills = 0;
+    while dead_letters(&s).await == 0 {
+        assert!(
+            kills < 4,
+            "still not dead-lettered after {kills} kills\n{}",
+            s.logs_tail()
+        );
+        // The current worker (the kills-th replacement) is stuck once it
+        // made the kills+1-th hung call.
+        let stuck = e2e::harness::eventually(Duration::from_secs(15), || async {
+            s.api.stalled_calls() > kills || dead_letters(&s).await > 0
+        })
+        .await;
+        assert!(stuck, "no worker took the poison\n{}", s.logs_tail());
+        if dead_letters(&s).await > 0 {
+            break;
+        }
+        // Only the poison is in flight when the worker dies: the other
+        // chats were answered and finished first (no duplicate replies to
+        // explain away).
+        let others_done = e2e::harness::eventually(Duration::from_secs(30), || async {
+            let sent = per_chat(&s);
+            let state = e2e::stack::queue_state(&s.redis.url()).await;
+            others.iter().all(|c| sent.contains_key(c))
+                && state.is_some_and(|q| q.length == 1 && q.pending == 1)
+        })
+        .await;
+        assert!(others_done, "the other chats flow\n{}", s.logs_tail());
+        let last = s.workers.len() - 1;
+        assert!(s.workers[last].kill().await.is_some());
+        kills += 1;
+        s.spawn_worker(&[]);
+    }
+    assert_eq!(kills, 2, "dead-lettered after exactly two deaths");
+    assert_eq!(
+        s.api.stalled_calls(),
+        2,
+        "one hung call per delivery\n{}",
+        s.logs_tail()
+    );
+
+    // Where every update went: the poison in the dead letters with the
+    // reason, every other chat answered once, nothing left in the stream.
+    s.wait_drained(Duration::from_secs(60)).await;
+    let sent = per_chat(&s);
+    for chat in &others {
+        assert_eq!(sent.get(chat), Some(&1), "chat {chat}: {sent:?}");
+    }
+    assert_eq!(sent.get(&poison_chat), None);
+
+    let env = s.worker_env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (st, out, err) = run_to_exit(
+        "worker",
+        &["queue", "dead", "--json"],
+        &env,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert!(st.success(), "queue dead --json: {st}\n{out}\n{err}");
+    let dead: Value = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("queue dead --json prints JSON ({e}):\n{out}\n{err}"));
+    let d = &dead.as_array().expect("an array")[0];
+    assert_eq!(
+        d["update_id"]
+            .as_i64()
+            .or_else(|| d["update_id"].as_str().and_then(|s| s.parse().ok())),
+        Some(poison_id),
+        "{d}"
+    );
+    let error = d["error"].as_str().unwrap_or("");
+    assert!(error.contains("without finishing"), "{d}");
+    let last = s.workers.len() - 1;
+    assert!(
+        s.workers[last].has_exited().is_none(),
+        "the worker that dead-lettered it runs on"
+    );
     s.assert_clean();
 }
