@@ -56,14 +56,18 @@ async fn queue_stats_reports_the_stream() {
     let consumers = v["consumers"].as_array().expect("consumers array");
     assert!(!consumers.is_empty(), "{v}");
     for c in consumers {
-        for f in ["name", "pending", "idle_ms"] {
+        for f in ["name", "pending", "idle_ms", "alive"] {
             assert!(c.get(f).is_some(), "consumer field {f}: {c}");
         }
     }
+    // The one worker runs, so its name is alive.
+    assert_eq!(consumers.len(), 1, "{v}");
+    assert_eq!(consumers[0]["alive"], true, "{v}");
 
     // The human form works too.
     let (st, out, err) = run_to_exit("worker", &["queue", "stats"], &borrowed(&env), T).await;
     assert!(st.success() && !out.trim().is_empty(), "{st}\n{out}\n{err}");
+    assert!(out.contains("running"), "{out}");
     e2e::assert_token_absent(&out);
     e2e::assert_token_absent(&err);
     s.assert_clean();

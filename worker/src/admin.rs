@@ -17,6 +17,10 @@ pub struct ConsumerStats {
     pub name: String,
     pub pending: u64,
     pub idle_ms: u64,
+    /// A running worker renews this name's alive mark every claim period;
+    /// false for a name whose worker is gone (removed by the workers once
+    /// it owns nothing).
+    pub alive: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -92,11 +96,12 @@ pub async fn stats(conn: &mut ConnectionManager) -> redis::RedisResult<QueueStat
             dead_letters,
         });
     }
-    let consumers = match stream::consumers(conn).await {
+    let mut consumers = match stream::consumers(conn).await {
         Ok(c) => c,
         Err(e) if stream::is_nogroup(&e) => vec![],
         Err(e) => return Err(e),
     };
+    stream::fill_alive(conn, &mut consumers).await?;
     let lag = stream::depth(conn).await?.lag;
     let pending: u64 = consumers.iter().map(|c| c.pending).sum();
     let oldest_pending_ms = if pending > 0 {
@@ -127,6 +132,7 @@ pub async fn stats(conn: &mut ConnectionManager) -> redis::RedisResult<QueueStat
                 name: c.name,
                 pending: c.pending,
                 idle_ms: c.idle_ms,
+                alive: c.alive,
             })
             .collect(),
         dead_letters,
@@ -156,8 +162,11 @@ pub fn render_stats(s: &QueueStats) -> String {
     for c in &s.consumers {
         let _ = writeln!(
             out,
-            "  {:<48} pending {:>6}  idle {:>9} ms",
-            c.name, c.pending, c.idle_ms
+            "  {:<48} pending {:>6}  idle {:>9} ms  {}",
+            c.name,
+            c.pending,
+            c.idle_ms,
+            if c.alive { "running" } else { "gone" }
         );
     }
     out
