@@ -198,6 +198,23 @@ impl Stack {
         }
     }
 
+    /// A new ingress on the same port after the old one died (a redeploy or
+    /// a crash: the public URL does not change).
+    pub async fn restart_ingress(&mut self) {
+        if let Some(old) = self.ingress.as_mut() {
+            assert!(
+                old.has_exited().is_some(),
+                "restart_ingress: the old ingress still runs"
+            );
+        }
+        let env = self.ingress_env();
+        let mut svc = Service::spawn_owned("ingress", &[], &env);
+        if let Err(e) = try_wait_ready(&mut svc, self.ingress_port).await {
+            panic!("the restarted ingress is not ready: {e}");
+        }
+        self.ingress = Some(svc);
+    }
+
     /// Starts one more worker with the stack's env plus `extra`; returns its
     /// index in `workers`. Does not wait for it (see
     /// [`Self::wait_workers_joined`]).

@@ -1,6 +1,6 @@
 //! "Nothing lost": bursts of thousands of updates through the real
 //! binaries and a real redis-server while things break - a worker
-//! SIGKILLed, Redis stopped, the Bot API rate-limiting, a poison update, a
+//! SIGKILLed, the ingress SIGKILLed, Redis stopped, the Bot API rate-limiting, a poison update, a
 //! worker SIGTERMed, Telegram resending - and at the end every update_id is
 //! accounted for: replied, deduplicated, or dead-lettered with a reason
 //! (SPEC.md "What is never acceptable": a silent drop).
@@ -252,6 +252,82 @@ async fn redis_restart_mid_burst_loses_nothing() {
         ready.map(|r| r.status).ok(),
         Some(200),
         "ingress ready again"
+    );
+    s.assert_clean();
+}
+
+// ---------------------------------------------------------------------------
+// 2b. kill -9 the ingress mid-burst; a new one comes up on the same URL
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ingress_killed_mid_burst_loses_nothing() {
+    let Some(mut s) = Stack::builder().workers(2).start().await else {
+        return;
+    };
+    let burst = Burst::private(N, 6_250_000);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    // Telegram's behaviour: whatever got no 200 (the connection died, or
+    // nobody listened) is sent again.
+    let poster = tokio::spawn(post_all_until_accepted(
+        s.webhook_url(),
+        burst.updates.clone(),
+        8,
+        Duration::from_secs(300),
+        accepted.clone(),
+    ));
+    let ok = eventually(Duration::from_secs(120), || {
+        let n = accepted.load(Ordering::SeqCst);
+        async move { n >= N / 3 }
+    })
+    .await;
+    assert!(ok, "a third of the burst accepted\n{}", s.logs_tail());
+    let ingress = s.ingress.as_mut().expect("ingress");
+    assert!(ingress.kill().await.is_some());
+    let at_kill = accepted.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.restart_ingress().await;
+
+    let reports = poster
+        .await
+        .expect("poster task")
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.logs_tail()));
+    let errors: usize = reports.iter().map(|r| r.errors).sum();
+    let resent = reports.iter().filter(|r| r.attempts > 1).count();
+    wait_accounted(&s, &burst, ACCOUNT_TIMEOUT).await;
+    let a = settle(&s, &burst).await;
+    a.print("ingress_kill_9_mid_burst");
+    // Resends the new ingress found already stored (their 200 died with
+    // the old one): the case the seen mark is for.
+    let metrics = http_get(&format!("{}/metrics", s.base_url()))
+        .await
+        .map(|r| r.body)
+        .unwrap_or_default();
+    let already_stored = metrics
+        .lines()
+        .find(|l| l.starts_with("ingress_updates_duplicate_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("?")
+        .to_owned();
+    loud(&format!(
+        "  note: ingress killed after {at_kill} accepted; {errors} transport errors, {resent} updates resent, {already_stored} of them already stored"
+    ));
+    assert!(
+        at_kill < N,
+        "the kill came after the whole burst was accepted: nothing was tested"
+    );
+    assert!(errors > 0, "the poster saw the ingress die");
+    assert_nothing_lost(&a, &s);
+    assert_eq!(a.answered, N, "every update answered");
+    assert_eq!(a.dead, 0, "{:?}", a.dead_letters);
+    // An update stored just before the kill, whose 200 never left, comes
+    // again: the ingress's seen mark makes the copy harmless.
+    assert_eq!(a.duplicates, 0, "{:?}", a.repeated);
+    // Same configuration: the new ingress does not register again.
+    assert_eq!(
+        s.api.count("setWebhook"),
+        1,
+        "setWebhook once for both ingresses"
     );
     s.assert_clean();
 }
