@@ -372,3 +372,85 @@ async fn an_update_that_kills_its_worker_every_time_is_dead_lettered() {
     );
     s.assert_clean();
 }
+
+/// Redis restarted without its data (no AOF, or an operator's FLUSHALL):
+/// what it held is gone - the ingress warned about exactly this at start -
+/// but the system must not stay broken. The workers find the consumer
+/// group missing, recreate it and rejoin; updates accepted afterwards are
+/// answered, with nobody restarted.
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_restarted_empty_the_workers_recreate_the_group_and_go_on() {
+    let Some(mut s) = Stack::builder()
+        .workers(2)
+        .worker_env("WORKER_CLAIM_IDLE_MS", "500")
+        .start()
+        .await
+    else {
+        return;
+    };
+    let before = 548_000;
+    s.post_ok(&private_command(
+        next_update_id(),
+        before,
+        "Before",
+        Some("en"),
+        "/help",
+    ))
+    .await;
+    s.wait_nth_reply(before, 1, Duration::from_secs(30)).await;
+    s.wait_drained(Duration::from_secs(30)).await;
+
+    // Stopped and started on the same port: no AOF, nothing kept.
+    s.redis.restart().await;
+    {
+        let mut c = s.redis_conn().await;
+        let n: u64 = redis::cmd("DBSIZE")
+            .query_async(&mut c)
+            .await
+            .expect("DBSIZE");
+        assert_eq!(n, 0, "Redis came back empty");
+    }
+
+    // Posted as Telegram does: the first answers may be 503 while the
+    // ingress reconnects; whatever was not answered 200 is sent again.
+    let after: Vec<i64> = (1..=5).map(|i| before + i).collect();
+    let updates = after
+        .iter()
+        .map(|&chat| private_command(next_update_id(), chat, "After", Some("en"), "/help"))
+        .collect();
+    e2e::accounting::post_all_until_accepted(
+        s.webhook_url(),
+        updates,
+        1,
+        Duration::from_secs(60),
+        Default::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.logs_tail()));
+    for &chat in &after {
+        s.wait_nth_reply(chat, 1, Duration::from_secs(60)).await;
+    }
+    s.wait_drained(Duration::from_secs(30)).await;
+    let sent = per_chat(&s);
+    for chat in std::iter::once(&before).chain(&after) {
+        assert_eq!(sent.get(chat), Some(&1), "chat {chat}: {sent:?}");
+    }
+    // Both workers are back in the group, and still the same processes.
+    let names = e2e::accounting::consumers(&s.redis.url()).await;
+    for w in s.workers.iter_mut() {
+        assert!(w.has_exited().is_none(), "worker exited\n{}", w.logs_tail());
+        let pid = w.pid();
+        let joined = e2e::harness::eventually(Duration::from_secs(30), || async {
+            e2e::accounting::consumer_of_pid(&e2e::accounting::consumers(&s.redis.url()).await, pid)
+                .is_some()
+        })
+        .await;
+        assert!(joined, "worker {pid} rejoined the group: {names:?}");
+    }
+    let recreated = s
+        .workers
+        .iter()
+        .any(|w| w.logs().contains("consumer group missing; recreating it"));
+    assert!(recreated, "{}", s.logs_tail());
+    s.assert_clean();
+}

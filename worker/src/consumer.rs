@@ -518,8 +518,13 @@ impl Consumer {
     }
 
     /// Renewed every claim period, valid for ten: a worker that misses
-    /// ten renewals is dead or cut off from Redis.
+    /// ten renewals is dead or cut off from Redis. Joining again each time
+    /// (a no-op while the name exists) puts an idle worker back in the
+    /// group after Redis lost it (a restart without data).
     async fn mark_alive(&self) {
+        if let Err(e) = self.store.join_group(&self.settings.name).await {
+            debug!(error = %e, "could not rejoin the consumer group");
+        }
         let ttl = self.settings.claim_idle * DEAD_AFTER_PERIODS;
         if let Err(e) = self.store.mark_alive(&self.settings.name, ttl).await {
             debug!(error = %e, "could not renew the alive mark");
