@@ -128,6 +128,10 @@ impl RedisStore {
 
 /// Every command gets a hard deadline: a dead Redis must never hang a
 /// caller, whatever the client library's own timeouts do.
+fn connection_broke(e: &redis::RedisError) -> bool {
+    e.is_connection_dropped() || e.is_unrecoverable_error()
+}
+
 async fn bounded<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>) -> StoreResult<T> {
     match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
         Ok(r) => r.map_err(StoreError::from),
@@ -143,7 +147,19 @@ impl Store for RedisStore {
     fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
         async move {
             let mut c = self.conn.clone();
-            bounded(self.enqueuer.enqueue(&mut c, probe, raw)).await
+            match bounded(self.enqueuer.enqueue(&mut c, probe, raw)).await {
+                // The connection broke (Redis restarted, a failover, an idle
+                // connection cut by a proxy): the manager is reconnecting,
+                // so one more try usually lands. Safe to repeat: if the
+                // first script ran, the seen mark makes this one a no-op
+                // that answers Duplicate. Otherwise Telegram would get a
+                // 503 and hold the chat back for its own retry delay.
+                Err(StoreError::Redis(e)) if connection_broke(&e) => {
+                    tracing::debug!(error = %e, "connection broke while storing; one more try");
+                    bounded(self.enqueuer.enqueue(&mut c, probe, raw)).await
+                }
+                other => other,
+            }
         }
         .boxed()
     }
