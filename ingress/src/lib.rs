@@ -98,7 +98,21 @@ pub async fn serve_with(
                                 &cfg.webhook_secret,
                                 cfg.drop_pending_updates,
                             )
-                            .await
+                            .await?;
+                            match cfg.webhook_check {
+                                Some(every) => {
+                                    registration::watch_webhook(
+                                        &api,
+                                        store.as_ref(),
+                                        url,
+                                        &cfg.webhook_secret,
+                                        every,
+                                        &cancel,
+                                    )
+                                    .await
+                                }
+                                None => Ok(()),
+                            }
                         }
                         None => {
                             let poller = poller::Poller {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use shared::botapi::{BotApi, BotApiError};
 use shared::envelope::{self, Enqueued};
@@ -31,6 +31,10 @@ pub const POLL_TIMEOUT_SECS: u64 = 10;
 const HTTP_MARGIN: Duration = Duration::from_secs(3);
 /// Lease length: longer than a whole poll, so it never expires mid-poll.
 const LEASE: Duration = Duration::from_secs(POLL_TIMEOUT_SECS + 5);
+/// While paused (another deployment's webhook is set), how often to look
+/// whether it is gone; well inside the lease, which is kept meanwhile so no
+/// other replica of this deployment takes over and deletes it again.
+const PAUSED_CHECK: Duration = Duration::from_secs(5);
 
 pub struct Poller {
     pub api: BotApi,
@@ -42,6 +46,9 @@ pub struct Poller {
 impl Poller {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), SetupError> {
         let mut holding = false;
+        // A webhook came back after we deleted it at start: someone else
+        // (another deployment with this token) uses webhook mode.
+        let mut paused = false;
         let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         info!("Setting up Telegram bot via polling (no webhook URL configured)...");
         while !cancel.is_cancelled() {
@@ -79,6 +86,19 @@ impl Poller {
                 retrying("deleteWebhook", || self.api.delete_webhook(false)).await?;
                 info!("Telegram bot configured via polling");
             }
+            if paused {
+                match self.api.get_webhook_info().await {
+                    Ok(info) if info.url.is_empty() => {
+                        info!("the other webhook is gone; polling resumes");
+                        paused = false;
+                    }
+                    Err(e) if e.is_unauthorized() => return Err(SetupError::Unauthorized),
+                    _ => {
+                        sleep_or_cancel(PAUSED_CHECK, &cancel).await;
+                        continue;
+                    }
+                }
+            }
             let offset: Option<i64> = match self.store.get(keys::POLLER_OFFSET).await {
                 Ok(v) => v.and_then(|v| v.parse().ok()),
                 Err(e) => {
@@ -107,6 +127,13 @@ impl Poller {
             };
             let updates = match batch {
                 Ok(u) => u,
+                Err(e) if e.is_webhook_active() => {
+                    error!(
+                        "Telegram has a webhook for this bot again: another deployment uses this token in webhook mode. Polling pauses rather than deleting it again (the two would take turns missing updates); it resumes if that webhook goes. Use a separate bot token for development"
+                    );
+                    paused = true;
+                    continue;
+                }
                 Err(e) => {
                     self.poll_error(e, &mut backoff, &cancel).await?;
                     continue;

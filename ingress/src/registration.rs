@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use url::Url;
 
 use shared::botapi::{BotApi, BotApiError, User};
@@ -230,4 +230,83 @@ pub async fn configure_webhook(
     }
     info!("Telegram bot configured via webhook");
     Ok(())
+}
+
+/// Start-up registers the webhook once; afterwards anything else holding
+/// the token can change it behind our back - a developer running the bot
+/// in polling mode with the production token (polling deletes the
+/// webhook), a second deployment, a stray `deleteWebhook`. Updates would
+/// then pile up at Telegram until the next deploy. So every `every` (with
+/// jitter, so replicas spread out) the webhook is checked and, when it is
+/// not ours any more, put back by one replica (the registration lock).
+/// Also logs each new delivery error Telegram reports. Returns only on
+/// cancel or a rejected token.
+pub async fn watch_webhook(
+    api: &BotApi,
+    store: &dyn Store,
+    url: &Url,
+    secret: &str,
+    every: Duration,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<(), SetupError> {
+    let fp = fingerprint(url, secret);
+    let holder = format!("watch-{}", std::process::id());
+    let mut last_error_date: Option<i64> = None;
+    let mut first = true;
+    loop {
+        let jitter = every.mul_f64(rand::random_range(0.0..0.2));
+        tokio::select! {
+            _ = tokio::time::sleep(every + jitter) => {}
+            _ = cancel.cancelled() => return Ok(()),
+        }
+        let info = match api.get_webhook_info().await {
+            Ok(i) => i,
+            Err(e) if e.is_unauthorized() => return Err(SetupError::Unauthorized),
+            Err(e) => {
+                debug!(error = %e, "webhook check: getWebhookInfo failed; next time");
+                continue;
+            }
+        };
+        // Start-up logged the error Telegram had then; only newer ones here.
+        if let (Some(date), Some(msg)) = (info.last_error_date, &info.last_error_message) {
+            if !first && last_error_date != Some(date) {
+                warn!(
+                    last_error_date = date,
+                    "Webhook last error reported by Telegram: {msg}"
+                );
+            }
+            last_error_date = Some(date);
+        }
+        first = false;
+        if info.url == url.as_str() {
+            continue;
+        }
+        match store.try_lock(keys::WEBHOOK_LOCK, &holder, 30_000).await {
+            Ok(true) => {}
+            // Another replica is on it, or Redis is away: next time.
+            _ => continue,
+        }
+        // Under the lock, look again: another replica may just have fixed it.
+        let result = async {
+            let now = retrying("getWebhookInfo", || api.get_webhook_info()).await?;
+            if now.url == url.as_str() {
+                return Ok(());
+            }
+            warn!(
+                "the webhook was changed or deleted outside this deployment (Telegram had: {}); setting it again",
+                if now.url.is_empty() { "none" } else { &now.url }
+            );
+            set_webhook(api, url, secret, false).await?;
+            let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
+            info!("Webhook set: {url}");
+            Ok(())
+        }
+        .await;
+        let _ = store.release(keys::WEBHOOK_LOCK, &holder).await;
+        match result {
+            Err(SetupError::Unauthorized) => return Err(SetupError::Unauthorized),
+            Err(e) => warn!(error = %e, "webhook check: could not set the webhook again"),
+            Ok(()) => {}
+        }
+    }
 }

@@ -51,6 +51,12 @@ impl BotApiError {
     }
 
     /// Telegram asked us to wait (429 with `parameters.retry_after`).
+    /// Telegram refuses `getUpdates` because a webhook is set: something
+    /// else registered one with this token.
+    pub fn is_webhook_active(&self) -> bool {
+        matches!(self, Self::Api { code: 409, description, .. } if description.contains("webhook is active"))
+    }
+
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Api {

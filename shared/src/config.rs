@@ -89,6 +89,9 @@ pub struct Config {
     pub webhook_url: Option<Url>,
     pub webhook_secret: String,
     pub drop_pending_updates: bool,
+    /// How often the ingress checks that Telegram still has its webhook
+    /// (and puts it back if not); `None` = never after start-up.
+    pub webhook_check: Option<Duration>,
     pub webapp_url: Option<Url>,
     pub api_url: Url,
     /// `None` when `REDIS_URL` is unset: the all-in-one then uses its
@@ -280,6 +283,12 @@ impl Config {
             86_400,
         )?;
 
+        let webhook_check_secs: u64 = parse_num(
+            get("TELEGRAM_WEBHOOK_CHECK_SECS"),
+            "TELEGRAM_WEBHOOK_CHECK_SECS",
+            60,
+        )?;
+
         let per_chat_order = match get("WORKER_ORDERING")
             .as_deref()
             .map(str::to_ascii_lowercase)
@@ -301,6 +310,8 @@ impl Config {
                 "TELEGRAM_DROP_PENDING_UPDATES",
                 false,
             )?,
+            webhook_check: (webhook_check_secs > 0)
+                .then(|| Duration::from_secs(webhook_check_secs)),
             webapp_url,
             api_url,
             redis_url,

@@ -1,0 +1,181 @@
+//! The webhook stays ours after start-up. Anything else holding the token
+//! can unhook production - above all a developer running the bot in
+//! polling mode with the production token (polling deletes the webhook,
+//! SPEC "Polling mode"), which would leave production deaf until its next
+//! deploy. The ingress checks the webhook every
+//! `TELEGRAM_WEBHOOK_CHECK_SECS` and puts it back (one replica, under the
+//! registration lock); a poller that finds a webhook back pauses instead
+//! of deleting it again, so the two never take turns.
+
+use std::time::Duration;
+
+use e2e::harness::{eventually, free_port, Service};
+use e2e::stack::{merge_env, try_wait_ready, Stack};
+use e2e::updates::{next_update_id, private_command};
+use e2e::{TOKEN, WEBHOOK_URL};
+
+const T: Duration = Duration::from_secs(30);
+const PUT_BACK: &str = "the webhook was changed or deleted outside this deployment";
+
+/// What another process holding the token does: a raw Bot API call.
+async fn delete_webhook_elsewhere(s: &Stack) {
+    let r = reqwest::Client::new()
+        .post(format!("{}/bot{TOKEN}/deleteWebhook", s.api.url()))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("deleteWebhook");
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(s.api.webhook().url, "");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_deleted_behind_our_back_is_put_back_by_one_replica() {
+    let Some(s) = Stack::builder()
+        .ingress_env("TELEGRAM_WEBHOOK_CHECK_SECS", "1")
+        .start()
+        .await
+    else {
+        return;
+    };
+    // A second replica of the same ingress.
+    let port = free_port();
+    let mut second = Service::spawn_owned(
+        "ingress",
+        &[],
+        &merge_env(s.ingress_env(), &[("PORT", &port.to_string())]),
+    );
+    try_wait_ready(&mut second, port)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let registered = eventually(T, || async {
+        second
+            .logs()
+            .contains("Telegram bot configured via webhook")
+    })
+    .await;
+    assert!(registered, "{}", second.logs());
+    assert_eq!(s.api.count("setWebhook"), 1, "registered once for both");
+
+    delete_webhook_elsewhere(&s).await;
+    let back = eventually(T, || async { s.api.webhook().url == WEBHOOK_URL }).await;
+    assert!(back, "the webhook is put back\n{}", s.logs_tail());
+    // Several checks later: still ours, set again exactly once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(s.api.webhook().url, WEBHOOK_URL);
+    assert_eq!(
+        s.api.count("setWebhook"),
+        2,
+        "put back once, by one replica"
+    );
+    let warned =
+        s.ingress().logs().matches(PUT_BACK).count() + second.logs().matches(PUT_BACK).count();
+    assert_eq!(warned, 1, "{}\n{}", s.logs_tail(), second.logs());
+    assert_eq!(
+        s.api.webhook().secret_token.as_deref(),
+        Some(e2e::WEBHOOK_SECRET),
+        "with our secret"
+    );
+
+    // Updates flow through it again.
+    let chat = 870_001;
+    s.post_ok(&private_command(
+        next_update_id(),
+        chat,
+        "Back",
+        Some("en"),
+        "/help",
+    ))
+    .await;
+    s.wait_nth_reply(chat, 1, T).await;
+    s.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_laptop_polling_with_the_production_token_does_not_unhook_production() {
+    let Some(mut s) = Stack::builder()
+        .ingress_env("TELEGRAM_WEBHOOK_CHECK_SECS", "1")
+        .start()
+        .await
+    else {
+        return;
+    };
+    assert_eq!(s.api.webhook().url, WEBHOOK_URL);
+
+    // The laptop: the all-in-one with the same token, no public URL, no
+    // Redis - polling mode, which deletes the webhook at start.
+    let port = free_port();
+    let laptop_env: Vec<(String, String)> = [
+        ("TELEGRAM_BOT_TOKEN", TOKEN.to_owned()),
+        ("TELEGRAM_API_URL", s.api.url()),
+        ("TELEGRAM_SEND_RATE", "0".to_owned()),
+        ("PORT", port.to_string()),
+        ("HOST", "127.0.0.1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let mut laptop = Service::spawn_owned("bot", &[], &laptop_env);
+    let deleted = eventually(T, || async { s.api.count("deleteWebhook") >= 1 }).await;
+    assert!(deleted, "{}", laptop.logs());
+
+    // Production puts it back; the laptop's next getUpdates gets 409
+    // "webhook is active" and its poller pauses instead of deleting again.
+    let paused = eventually(T, || async {
+        laptop
+            .logs()
+            .contains("Polling pauses rather than deleting it again")
+    })
+    .await;
+    assert!(paused, "laptop:\n{}\n{}", laptop.logs(), s.logs_tail());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        s.api.webhook().url,
+        WEBHOOK_URL,
+        "production keeps its webhook"
+    );
+    assert_eq!(
+        s.api.count("deleteWebhook"),
+        1,
+        "the laptop deleted it once, not again"
+    );
+    assert_eq!(s.api.count("setWebhook"), 2, "production set it again once");
+    assert!(
+        laptop.has_exited().is_none(),
+        "the laptop's bot keeps running"
+    );
+
+    // Production answers its users meanwhile.
+    let chat = 871_001;
+    s.post_ok(&private_command(
+        next_update_id(),
+        chat,
+        "Prod",
+        Some("en"),
+        "/help",
+    ))
+    .await;
+    s.wait_nth_reply(chat, 1, T).await;
+
+    // Production goes away and its webhook with it: the laptop resumes.
+    s.ingress.as_mut().expect("ingress").kill().await;
+    delete_webhook_elsewhere(&s).await;
+    let resumed = eventually(T, || async {
+        laptop
+            .logs()
+            .contains("the other webhook is gone; polling resumes")
+    })
+    .await;
+    assert!(resumed, "{}", laptop.logs());
+    let local = 871_002;
+    s.api.push_update(private_command(
+        next_update_id(),
+        local,
+        "Laptop",
+        Some("en"),
+        "/help",
+    ));
+    s.wait_nth_reply(local, 1, T).await;
+    e2e::assert_token_absent(&laptop.logs());
+    s.api.assert_no_violations();
+}
