@@ -475,6 +475,24 @@ mod tests {
     }
 
     #[test]
+    fn webhook_check_defaults_to_a_minute_and_zero_turns_it_off() {
+        let c = cfg(&[("TELEGRAM_BOT_TOKEN", TOKEN)]).unwrap();
+        assert_eq!(c.webhook_check, Some(Duration::from_secs(60)));
+        let c = cfg(&[
+            ("TELEGRAM_BOT_TOKEN", TOKEN),
+            ("TELEGRAM_WEBHOOK_CHECK_SECS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.webhook_check, None);
+        let e = cfg(&[
+            ("TELEGRAM_BOT_TOKEN", TOKEN),
+            ("TELEGRAM_WEBHOOK_CHECK_SECS", "often"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("TELEGRAM_WEBHOOK_CHECK_SECS"));
+    }
+
+    #[test]
     fn debug_redacts_token() {
         let c = cfg(&[("TELEGRAM_BOT_TOKEN", TOKEN)]).unwrap();
         let s = format!("{c:?}");
