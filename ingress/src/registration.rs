@@ -238,7 +238,8 @@ pub async fn configure_webhook(
 /// webhook), a second deployment, a stray `deleteWebhook`. Updates would
 /// then pile up at Telegram until the next deploy. So every `every` (with
 /// jitter, so replicas spread out) the webhook is checked and, when it is
-/// not ours any more, put back by one replica (the registration lock).
+/// not ours any more, put back by one replica (the registration lock) -
+/// unless this deployment's own newer configuration replaced it.
 /// Also logs each new delivery error Telegram reports. Returns only on
 /// cancel or a rejected token.
 pub async fn watch_webhook(
@@ -280,6 +281,18 @@ pub async fn watch_webhook(
         first = false;
         if info.url == url.as_str() {
             continue;
+        }
+        // A newer configuration of this deployment (a redeploy with another
+        // URL, whose old replicas are still draining) registered its own
+        // webhook and fingerprint: that one wins, no tug of war. Only a
+        // change made outside this deployment's Redis is undone.
+        match store.get(keys::WEBHOOK_FINGERPRINT).await {
+            Ok(Some(stored)) if stored != fp => {
+                debug!("webhook check: a newer configuration registered the webhook; leaving it");
+                continue;
+            }
+            Ok(_) => {}
+            Err(_) => continue,
         }
         match store.try_lock(keys::WEBHOOK_LOCK, &holder, 30_000).await {
             Ok(true) => {}

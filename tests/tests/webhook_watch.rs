@@ -55,7 +55,7 @@ async fn a_webhook_deleted_behind_our_back_is_put_back_by_one_replica() {
     })
     .await;
     assert!(registered, "{}", second.logs());
-    assert_eq!(s.api.count("setWebhook"), 1, "registered once for both");
+    assert_eq!(s.api.webhook().set_count, 1, "registered once for both");
 
     delete_webhook_elsewhere(&s).await;
     let back = eventually(T, || async { s.api.webhook().url == WEBHOOK_URL }).await;
@@ -64,7 +64,7 @@ async fn a_webhook_deleted_behind_our_back_is_put_back_by_one_replica() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(s.api.webhook().url, WEBHOOK_URL);
     assert_eq!(
-        s.api.count("setWebhook"),
+        s.api.webhook().set_count,
         2,
         "put back once, by one replica"
     );
@@ -139,7 +139,7 @@ async fn a_laptop_polling_with_the_production_token_does_not_unhook_production()
         1,
         "the laptop deleted it once, not again"
     );
-    assert_eq!(s.api.count("setWebhook"), 2, "production set it again once");
+    assert_eq!(s.api.webhook().set_count, 2, "production set it again once");
     assert!(
         laptop.has_exited().is_none(),
         "the laptop's bot keeps running"
@@ -178,4 +178,40 @@ async fn a_laptop_polling_with_the_production_token_does_not_unhook_production()
     s.wait_nth_reply(local, 1, T).await;
     e2e::assert_token_absent(&laptop.logs());
     s.api.assert_no_violations();
+}
+
+/// A redeploy that moves the webhook to a new URL, while the old replicas
+/// still drain: the old ones see their fingerprint replaced in Redis and
+/// leave the new webhook alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_configuration_wins_over_old_replicas() {
+    let Some(s) = Stack::builder()
+        .workers(0)
+        .ingress_env("TELEGRAM_WEBHOOK_CHECK_SECS", "1")
+        .start()
+        .await
+    else {
+        return;
+    };
+    assert_eq!(s.api.webhook().url, WEBHOOK_URL);
+    let moved = "https://moved.example.test/telegram/webhook/";
+    let port = free_port();
+    let mut new = Service::spawn_owned(
+        "ingress",
+        &[],
+        &merge_env(
+            s.ingress_env(),
+            &[("PORT", &port.to_string()), ("TELEGRAM_WEBHOOK_URL", moved)],
+        ),
+    );
+    try_wait_ready(&mut new, port)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let set = eventually(T, || async { s.api.webhook().url == moved }).await;
+    assert!(set, "{}", new.logs());
+    // Several of the old replica's checks later: the new URL stands.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(s.api.webhook().url, moved, "{}", s.logs_tail());
+    assert_eq!(s.api.webhook().set_count, 2);
+    assert!(!s.ingress().logs().contains(PUT_BACK), "{}", s.logs_tail());
 }
