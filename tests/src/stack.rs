@@ -48,6 +48,13 @@ pub fn worker_env(api: &FakeBotApi, redis: &RedisServer) -> Vec<(String, String)
     .collect()
 }
 
+/// A JSON integer, or an integer in a string (how the CLI's fields may
+/// come).
+pub fn json_i64(v: &Value) -> Option<i64> {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
 /// `base` with `extra` applied on top (same key: replaced; empty value:
 /// removed).
 pub fn merge_env(base: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -195,6 +202,32 @@ impl Stack {
                 }
                 Err(e) => panic!("{e}"),
             }
+        }
+    }
+
+    /// An operator command of `worker` (`queue ...`), run to its exit with
+    /// the stack's worker environment.
+    pub async fn worker_command(
+        &self,
+        args: &[&str],
+    ) -> (std::process::ExitStatus, String, String) {
+        let env = self.worker_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        crate::harness::run_to_exit("worker", args, &env, Duration::from_secs(30)).await
+    }
+
+    /// `worker queue dead --json` as an operator runs it: exit 0, a JSON
+    /// array, no token in the output.
+    pub async fn queue_dead(&self) -> Vec<Value> {
+        let (st, out, err) = self.worker_command(&["queue", "dead", "--json"]).await;
+        assert!(st.success(), "queue dead --json: {st}\n{out}\n{err}");
+        crate::assert_token_absent(&out);
+        crate::assert_token_absent(&err);
+        let v: Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("queue dead --json prints JSON ({e}):\n{out}\n{err}"));
+        match v {
+            Value::Array(items) => items,
+            other => panic!("queue dead --json prints an array: {other}"),
         }
     }
 

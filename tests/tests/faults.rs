@@ -7,10 +7,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use e2e::harness::run_to_exit;
-use e2e::stack::Stack;
+use e2e::stack::{json_i64, Stack};
 use e2e::updates::{next_update_id, private_command};
-use serde_json::Value;
 use shared::keys;
 
 async fn dead_letters(s: &Stack) -> u64 {
@@ -209,46 +207,21 @@ async fn persistent_failures_are_dead_lettered_and_replayable() {
     s.wait_drained(Duration::from_secs(30)).await;
     assert!(s.api.sent_messages().is_empty());
 
-    let env = s.worker_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (st, out, err) = run_to_exit(
-        "worker",
-        &["queue", "dead", "--json"],
-        &env,
-        Duration::from_secs(20),
-    )
-    .await;
-    assert!(st.success(), "queue dead --json: {st}\n{out}\n{err}");
-    let dead: Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("queue dead --json prints JSON ({e}):\n{out}\n{err}"));
-    let arr = dead.as_array().expect("an array of dead letters");
-    assert_eq!(arr.len(), 1, "{dead}");
-    let d = &arr[0];
+    let dead = s.queue_dead().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
     for f in ["id", "update_id", "error", "deliveries", "failed_at"] {
         assert!(d.get(f).is_some(), "dead letter field {f}: {d}");
     }
-    assert_eq!(
-        d["update_id"]
-            .as_i64()
-            .or_else(|| d["update_id"].as_str().and_then(|s| s.parse().ok())),
-        u["update_id"].as_i64(),
-        "{d}"
-    );
+    assert_eq!(json_i64(&d["update_id"]), u["update_id"].as_i64(), "{d}");
     assert!(
         d["error"].as_str().is_some_and(|e| !e.is_empty()),
         "the reason is kept: {d}"
     );
-    e2e::assert_token_absent(&out);
 
     // The Bot API recovers; the operator replays; the user gets the reply.
     s.api.clear_faults();
-    let (st, out, err) = run_to_exit(
-        "worker",
-        &["queue", "replay-dead"],
-        &env,
-        Duration::from_secs(20),
-    )
-    .await;
+    let (st, out, err) = s.worker_command(&["queue", "replay-dead"]).await;
     assert!(st.success(), "queue replay-dead: {st}\n{out}\n{err}");
     let r = s.wait_nth_reply(uid, 1, Duration::from_secs(30)).await;
     assert!(r.shown_text().contains("Dead"), "{:?}", r.shown_text());
@@ -343,26 +316,10 @@ async fn an_update_that_kills_its_worker_every_time_is_dead_lettered() {
     }
     assert_eq!(sent.get(&poison_chat), None);
 
-    let env = s.worker_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (st, out, err) = run_to_exit(
-        "worker",
-        &["queue", "dead", "--json"],
-        &env,
-        Duration::from_secs(20),
-    )
-    .await;
-    assert!(st.success(), "queue dead --json: {st}\n{out}\n{err}");
-    let dead: Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("queue dead --json prints JSON ({e}):\n{out}\n{err}"));
-    let d = &dead.as_array().expect("an array")[0];
-    assert_eq!(
-        d["update_id"]
-            .as_i64()
-            .or_else(|| d["update_id"].as_str().and_then(|s| s.parse().ok())),
-        Some(poison_id),
-        "{d}"
-    );
+    let dead = s.queue_dead().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(json_i64(&d["update_id"]), Some(poison_id), "{d}");
     let error = d["error"].as_str().unwrap_or("");
     assert!(error.contains("without finishing"), "{d}");
     let last = s.workers.len() - 1;

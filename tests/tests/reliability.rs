@@ -19,8 +19,8 @@ use e2e::accounting::{
     account, consumer_of_pid, consumers, counters, dead_letters, post_all_once,
     post_all_until_accepted, wait_accounted, Account, Burst, FaultProxy,
 };
-use e2e::harness::{eventually, http_get, loud, run_to_exit, webhook_post};
-use e2e::stack::{queue_state, Stack};
+use e2e::harness::{eventually, http_get, loud, webhook_post};
+use e2e::stack::{json_i64, queue_state, Stack};
 use e2e::updates::{next_update_id, private_command};
 use e2e::WEBHOOK_SECRET;
 use futures::StreamExt;
@@ -59,6 +59,33 @@ async fn xlen(s: &Stack, key: &str) -> u64 {
         .query_async(&mut c)
         .await
         .unwrap_or(0)
+}
+
+/// Posts the burst as Telegram does - whatever is not answered 200 (a 503,
+/// a dead connection, nobody listening) is sent again - and returns once a
+/// third of it was accepted, so the fault that follows hits mid-burst.
+async fn telegram_resending_burst(
+    s: &Stack,
+    burst: &Burst,
+) -> (
+    tokio::task::JoinHandle<Result<Vec<e2e::accounting::PostReport>, String>>,
+    Arc<AtomicUsize>,
+) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let poster = tokio::spawn(post_all_until_accepted(
+        s.webhook_url(),
+        burst.updates.clone(),
+        8,
+        Duration::from_secs(300),
+        accepted.clone(),
+    ));
+    let ok = eventually(Duration::from_secs(120), || {
+        let n = accepted.load(Ordering::SeqCst);
+        async move { n >= N / 3 }
+    })
+    .await;
+    assert!(ok, "a third of the burst accepted\n{}", s.logs_tail());
+    (poster, accepted)
 }
 
 #[track_caller]
@@ -181,22 +208,7 @@ async fn redis_restart_mid_burst_loses_nothing() {
     };
     s.api.set_delay(Duration::from_millis(20));
     let burst = Burst::private(N, 6_200_000);
-    let accepted = Arc::new(AtomicUsize::new(0));
-    // Telegram's behaviour: resend whatever was not answered 200.
-    let poster = tokio::spawn(post_all_until_accepted(
-        s.webhook_url(),
-        burst.updates.clone(),
-        8,
-        Duration::from_secs(300),
-        accepted.clone(),
-    ));
-
-    let ok = eventually(Duration::from_secs(120), || {
-        let n = accepted.load(Ordering::SeqCst);
-        async move { n >= N / 3 }
-    })
-    .await;
-    assert!(ok, "a third of the burst accepted\n{}", s.logs_tail());
+    let (poster, accepted) = telegram_resending_burst(&s, &burst).await;
     let replied_at_stop = s.api.sent_count();
     s.redis.stop().await;
     let at_stop = accepted.load(Ordering::SeqCst);
@@ -266,22 +278,7 @@ async fn ingress_killed_mid_burst_loses_nothing() {
         return;
     };
     let burst = Burst::private(N, 6_250_000);
-    let accepted = Arc::new(AtomicUsize::new(0));
-    // Telegram's behaviour: whatever got no 200 (the connection died, or
-    // nobody listened) is sent again.
-    let poster = tokio::spawn(post_all_until_accepted(
-        s.webhook_url(),
-        burst.updates.clone(),
-        8,
-        Duration::from_secs(300),
-        accepted.clone(),
-    ));
-    let ok = eventually(Duration::from_secs(120), || {
-        let n = accepted.load(Ordering::SeqCst);
-        async move { n >= N / 3 }
-    })
-    .await;
-    assert!(ok, "a third of the burst accepted\n{}", s.logs_tail());
+    let (poster, accepted) = telegram_resending_burst(&s, &burst).await;
     let ingress = s.ingress.as_mut().expect("ingress");
     assert!(ingress.kill().await.is_some());
     let at_kill = accepted.load(Ordering::SeqCst);
@@ -325,7 +322,7 @@ async fn ingress_killed_mid_burst_loses_nothing() {
     assert_eq!(a.duplicates, 0, "{:?}", a.repeated);
     // Same configuration: the new ingress does not register again.
     assert_eq!(
-        s.api.count("setWebhook"),
+        s.api.webhook().set_count,
         1,
         "setWebhook once for both ingresses"
     );
@@ -452,28 +449,12 @@ async fn poison_update_is_dead_lettered_the_rest_flows_and_replay_answers_it() {
     );
 
     // What the operator sees.
-    let env = s.worker_env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (st, out, err) = run_to_exit(
-        "worker",
-        &["queue", "dead", "--json"],
-        &env,
-        Duration::from_secs(30),
-    )
-    .await;
-    assert!(st.success(), "queue dead --json: {st}\n{out}\n{err}");
-    let dead: Value = serde_json::from_str(out.trim())
-        .unwrap_or_else(|e| panic!("queue dead --json prints JSON ({e}):\n{out}\n{err}"));
-    let arr = dead.as_array().expect("an array of dead letters");
-    assert_eq!(arr.len(), 1, "{dead}");
-    let d = &arr[0];
-    let as_i64 = |v: &Value| {
-        v.as_i64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-    };
-    assert_eq!(as_i64(&d["update_id"]), Some(poison_id), "{d}");
+    let dead = s.queue_dead().await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(json_i64(&d["update_id"]), Some(poison_id), "{d}");
     assert_eq!(
-        as_i64(&d["deliveries"]),
+        json_i64(&d["deliveries"]),
         Some(MAX_DELIVERIES),
         "deliveries == WORKER_MAX_DELIVERIES: {d}"
     );
@@ -482,17 +463,10 @@ async fn poison_update_is_dead_lettered_the_rest_flows_and_replay_answers_it() {
         error.contains("500"),
         "the reason names the Bot API's answer: {d}"
     );
-    e2e::assert_token_absent(&out);
 
     // The Bot API recovers; the operator replays; the poison is answered.
     proxy.clear();
-    let (st, out, err) = run_to_exit(
-        "worker",
-        &["queue", "replay-dead"],
-        &env,
-        Duration::from_secs(30),
-    )
-    .await;
+    let (st, out, err) = s.worker_command(&["queue", "replay-dead"]).await;
     assert!(st.success(), "queue replay-dead: {st}\n{out}\n{err}");
     s.wait_nth_reply(poison_chat, 1, Duration::from_secs(60))
         .await;

@@ -29,6 +29,13 @@ async fn delete_webhook_elsewhere(s: &Stack) {
     assert_eq!(s.api.webhook().url, "");
 }
 
+/// Registration runs beside the server: a ready ingress may not have set
+/// the webhook yet.
+async fn registered(s: &Stack) {
+    let set = eventually(T, || async { s.api.webhook().url == WEBHOOK_URL }).await;
+    assert!(set, "the ingress registers its webhook\n{}", s.logs_tail());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_deleted_behind_our_back_is_put_back_by_one_replica() {
     let Some(s) = Stack::builder()
@@ -48,13 +55,13 @@ async fn a_webhook_deleted_behind_our_back_is_put_back_by_one_replica() {
     try_wait_ready(&mut second, port)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let registered = eventually(T, || async {
-        second
-            .logs()
-            .contains("Telegram bot configured via webhook")
+    let configured = eventually(T, || async {
+        [s.ingress().logs(), second.logs()]
+            .iter()
+            .all(|l| l.contains("Telegram bot configured via webhook"))
     })
     .await;
-    assert!(registered, "{}", second.logs());
+    assert!(configured, "{}\n{}", s.logs_tail(), second.logs());
     assert_eq!(s.api.webhook().set_count, 1, "registered once for both");
 
     delete_webhook_elsewhere(&s).await;
@@ -100,7 +107,7 @@ async fn a_laptop_polling_with_the_production_token_does_not_unhook_production()
     else {
         return;
     };
-    assert_eq!(s.api.webhook().url, WEBHOOK_URL);
+    registered(&s).await;
 
     // The laptop: the all-in-one with the same token, no public URL, no
     // Redis - polling mode, which deletes the webhook at start.
@@ -193,7 +200,7 @@ async fn a_newer_configuration_wins_over_old_replicas() {
     else {
         return;
     };
-    assert_eq!(s.api.webhook().url, WEBHOOK_URL);
+    registered(&s).await;
     let moved = "https://moved.example.test/telegram/webhook/";
     let port = free_port();
     let mut new = Service::spawn_owned(
