@@ -589,6 +589,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_joined_consumer_is_listed_and_alive_until_its_mark_expires() {
+        let m = MemoryStore::new();
+        m.join_group("w1").await.unwrap();
+        m.join_group("w1").await.unwrap();
+        let list = m.consumers().await.unwrap();
+        assert_eq!(list.len(), 1, "joining twice adds one name");
+        assert!(!list[0].alive, "no alive mark yet");
+        m.mark_alive("w1", Duration::from_millis(50)).await.unwrap();
+        assert!(m.consumers().await.unwrap()[0].alive);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(!m.consumers().await.unwrap()[0].alive, "the mark expired");
+        assert!(m.delete_consumer("w1").await.unwrap());
+        assert!(m.consumers().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn idle_entries_are_claimed_and_dead_letters_leave_the_order() {
         let m = MemoryStore::new();
         let (p1, r1) = update(10, 6);
