@@ -163,3 +163,114 @@ async fn idle_workers_keep_their_names_and_a_dead_one_loses_its() {
     .await;
     assert!(logged, "{}", s.workers[1].logs());
 }
+
+/// A redeploy SIGTERMs workers: each one that stops with nothing pending
+/// takes its own name out of the group at once (the ten-period cleanup is
+/// for names whose worker could not).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_worker_leaves_the_group_at_once() {
+    // The default claim period (30 s): the peer's cleanup cannot be what
+    // removes the name within this test.
+    let Some(mut s) = Stack::builder().workers(2).start().await else {
+        return;
+    };
+    let chat = 765_000;
+    s.post_ok(&private_command(
+        next_update_id(),
+        chat,
+        "Bye",
+        Some("en"),
+        "/help",
+    ))
+    .await;
+    s.wait_nth_reply(chat, 1, Duration::from_secs(30)).await;
+    s.wait_drained(Duration::from_secs(30)).await;
+    let pid = s.workers[0].pid();
+    let name = e2e::accounting::consumer_of_pid(&consumers(&s.redis.url()).await, pid)
+        .expect("the worker is in the group")
+        .name;
+
+    s.workers[0].terminate();
+    let st = s.workers[0].wait_exit(Duration::from_secs(30)).await;
+    assert!(st.success(), "exit 0 after SIGTERM: {st}");
+    assert!(
+        s.workers[0].logs().contains("left the consumer group"),
+        "{}",
+        s.workers[0].logs()
+    );
+    let names = consumer_names(&s).await;
+    assert!(!names.contains(&name), "{name} left: {names:?}");
+    assert_eq!(names.len(), 1, "the other worker stays: {names:?}");
+    let mut c = s.redis_conn().await;
+    let alive: bool = redis::cmd("EXISTS")
+        .arg(shared::keys::alive(&name))
+        .query_async(&mut c)
+        .await
+        .expect("EXISTS");
+    assert!(!alive, "its alive mark went with it");
+}
+
+/// The leaving step never drops entries: a name that still owns one stays
+/// (DELCONSUMER would make that entry unreclaimable).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_that_owns_entries_does_not_leave() {
+    let Some(redis) = e2e::RedisServer::start().await else {
+        return;
+    };
+    let mut conn = shared::redis_conn::manager(&redis.url()).expect("manager");
+    use shared::store::redis_ops;
+    redis_ops::join_group(&mut conn, "holder")
+        .await
+        .expect("join");
+    let mut c = redis.conn().await;
+    let _: String = redis::cmd("XADD")
+        .arg(shared::keys::STREAM)
+        .arg("*")
+        .arg("u")
+        .arg("{}")
+        .query_async(&mut c)
+        .await
+        .expect("XADD");
+    let read: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(shared::keys::GROUP)
+        .arg("holder")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(shared::keys::STREAM)
+        .arg(">")
+        .query_async(&mut c)
+        .await
+        .expect("XREADGROUP");
+    assert!(!matches!(read, redis::Value::Nil), "one entry read");
+
+    assert!(!redis_ops::leave_group(&mut conn, "holder")
+        .await
+        .expect("leave"));
+    let list = consumers(&redis.url()).await;
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0].pending, 1, "the entry is still owned: {list:?}");
+
+    // Acknowledged: nothing owned any more, so it leaves.
+    let id: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
+        .arg(shared::keys::STREAM)
+        .arg(shared::keys::GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(1)
+        .query_async(&mut c)
+        .await
+        .expect("XPENDING");
+    let _: i64 = redis::cmd("XACK")
+        .arg(shared::keys::STREAM)
+        .arg(shared::keys::GROUP)
+        .arg(&id[0].0)
+        .query_async(&mut c)
+        .await
+        .expect("XACK");
+    assert!(redis_ops::leave_group(&mut conn, "holder")
+        .await
+        .expect("leave"));
+    assert!(consumers(&redis.url()).await.is_empty());
+}

@@ -184,6 +184,18 @@ impl Consumer {
         let _ = reclaimer.await;
         let _ = heartbeat.await;
         let _ = park.await;
+        // A redeploy should not leave a name behind for ten claim periods:
+        // with nothing pending under it, it goes now.
+        match self.store.leave_group(&self.settings.name).await {
+            Ok(true) => info!(consumer = %self.settings.name, "left the consumer group"),
+            Ok(false) => info!(
+                consumer = %self.settings.name,
+                "entries still pending under this name; another worker reclaims them, then removes the name"
+            ),
+            Err(e) => {
+                debug!(error = %e, "could not leave the consumer group; the others remove the name later")
+            }
+        }
     }
 
     fn in_flight(&self) -> usize {

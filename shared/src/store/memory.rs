@@ -460,6 +460,17 @@ impl Store for MemoryStore {
         }))
     }
 
+    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool> {
+        ready(self.with(|s| {
+            if s.pending.values().any(|p| p.consumer == consumer) {
+                return false;
+            }
+            s.consumers.remove(consumer);
+            s.kv.remove(&keys::alive(consumer));
+            true
+        }))
+    }
+
     fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
         let exp = Instant::now() + ttl;
         self.with(|s| {

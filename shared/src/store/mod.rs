@@ -160,6 +160,10 @@ pub trait Store: Send + Sync + 'static {
     /// Moves the entry to the dead letters with the reason, atomically.
     fn dead_letter<'a>(&'a self, dead: DeadLetterRequest<'a>) -> StoreFuture<'a, ()>;
     fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>>;
+    /// Takes `consumer` out of the group when its worker stops, unless it
+    /// still owns pending entries (then the others reclaim them and remove
+    /// the name later). True when it left.
+    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool>;
     /// Says `consumer`'s worker is running, for `ttl` from now.
     fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()>;
     /// Removes a consumer name; true once it is gone.

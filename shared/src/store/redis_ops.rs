@@ -375,6 +375,29 @@ pub async fn consumers(conn: &mut ConnectionManager) -> RedisResult<Vec<Consumer
         .collect())
 }
 
+/// Removes `consumer` from the group and its alive mark, in one step and
+/// only if it owns no pending entry (DELCONSUMER would drop those from the
+/// group's memory: nobody could reclaim them). 1 = left, 0 = still owns
+/// entries.
+const LEAVE_LUA: &str = r#"
+local owned = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if #owned > 0 then return 0 end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
+"#;
+
+pub async fn leave_group(conn: &mut ConnectionManager, consumer: &str) -> RedisResult<bool> {
+    let left: i64 = redis::Script::new(LEAVE_LUA)
+        .key(keys::STREAM)
+        .key(keys::alive(consumer))
+        .arg(keys::GROUP)
+        .arg(consumer)
+        .invoke_async(conn)
+        .await?;
+    Ok(left == 1)
+}
+
 /// Fills in `alive` for each consumer: one pipelined EXISTS per name.
 pub async fn fill_alive(
     conn: &mut ConnectionManager,

@@ -373,6 +373,14 @@ impl Store for RedisStore {
         .boxed()
     }
 
+    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::leave_group(&mut c, consumer)).await
+        }
+        .boxed()
+    }
+
     fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
         async move {
             let mut c = self.conn.clone();
