@@ -99,12 +99,9 @@ async fn a_dead_workers_name_is_removed_after_its_entries_are_reclaimed() {
     assert_eq!(now.len(), 1, "only the live worker remains: {now:?}");
     assert_ne!(now[0], dead);
     // The log line is written after DELCONSUMER answered: wait for it.
-    let logged = eventually(Duration::from_secs(10), || async {
-        s.workers[1]
-            .logs()
-            .contains("removed a consumer that is gone")
-    })
-    .await;
+    let logged = s.workers[1]
+        .wait_for_log("removed a consumer that is gone", Duration::from_secs(10))
+        .await;
     assert!(logged, "{}", s.workers[1].logs());
 }
 
@@ -155,12 +152,9 @@ async fn idle_workers_keep_their_names_and_a_dead_one_loses_its() {
         consumer_names(&s).await,
         s.logs_tail()
     );
-    let logged = eventually(Duration::from_secs(10), || async {
-        s.workers[1]
-            .logs()
-            .contains("removed a consumer that is gone")
-    })
-    .await;
+    let logged = s.workers[1]
+        .wait_for_log("removed a consumer that is gone", Duration::from_secs(10))
+        .await;
     assert!(logged, "{}", s.workers[1].logs());
 }
 

@@ -134,10 +134,7 @@ async fn json_logs_carry_update_id_on_every_update_line() {
     s.wait_drained(T).await;
     // The harness reads the worker's output asynchronously: wait until the
     // line written before the entry was finished has been read too.
-    let read = eventually(T, || async {
-        s.workers[0].logs().contains("command answered")
-    })
-    .await;
+    let read = s.workers[0].wait_for_log("command answered", T).await;
     let logs = s.workers[0].logs();
     assert!(read, "no `command answered` line:\n{logs}");
     let mut about_update = 0;

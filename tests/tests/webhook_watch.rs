@@ -128,12 +128,9 @@ async fn a_laptop_polling_with_the_production_token_does_not_unhook_production()
 
     // Production puts it back; the laptop's next getUpdates gets 409
     // "webhook is active" and its poller pauses instead of deleting again.
-    let paused = eventually(T, || async {
-        laptop
-            .logs()
-            .contains("Polling pauses rather than deleting it again")
-    })
-    .await;
+    let paused = laptop
+        .wait_for_log("Polling pauses rather than deleting it again", T)
+        .await;
     assert!(paused, "laptop:\n{}\n{}", laptop.logs(), s.logs_tail());
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
@@ -167,12 +164,9 @@ async fn a_laptop_polling_with_the_production_token_does_not_unhook_production()
     // Production goes away and its webhook with it: the laptop resumes.
     s.ingress.as_mut().expect("ingress").kill().await;
     delete_webhook_elsewhere(&s).await;
-    let resumed = eventually(T, || async {
-        laptop
-            .logs()
-            .contains("the other webhook is gone; polling resumes")
-    })
-    .await;
+    let resumed = laptop
+        .wait_for_log("the other webhook is gone; polling resumes", T)
+        .await;
     assert!(resumed, "{}", laptop.logs());
     let local = 871_002;
     s.api.push_update(private_command(
