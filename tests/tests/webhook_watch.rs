@@ -36,6 +36,19 @@ async fn registered(s: &Stack) {
     assert!(set, "the ingress registers its webhook\n{}", s.logs_tail());
 }
 
+/// A user's /help goes through production's webhook and is answered.
+async fn answered_through_the_webhook(s: &Stack, chat: i64, name: &str) {
+    s.post_ok(&private_command(
+        next_update_id(),
+        chat,
+        name,
+        Some("en"),
+        "/help",
+    ))
+    .await;
+    s.wait_nth_reply(chat, 1, T).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_deleted_behind_our_back_is_put_back_by_one_replica() {
     let Some(s) = Stack::builder()
@@ -85,16 +98,7 @@ async fn a_webhook_deleted_behind_our_back_is_put_back_by_one_replica() {
     );
 
     // Updates flow through it again.
-    let chat = 870_001;
-    s.post_ok(&private_command(
-        next_update_id(),
-        chat,
-        "Back",
-        Some("en"),
-        "/help",
-    ))
-    .await;
-    s.wait_nth_reply(chat, 1, T).await;
+    answered_through_the_webhook(&s, 870_001, "Back").await;
     s.assert_clean();
 }
 
@@ -150,16 +154,7 @@ async fn a_laptop_polling_with_the_production_token_does_not_unhook_production()
     );
 
     // Production answers its users meanwhile.
-    let chat = 871_001;
-    s.post_ok(&private_command(
-        next_update_id(),
-        chat,
-        "Prod",
-        Some("en"),
-        "/help",
-    ))
-    .await;
-    s.wait_nth_reply(chat, 1, T).await;
+    answered_through_the_webhook(&s, 871_001, "Prod").await;
 
     // Production goes away and its webhook with it: the laptop resumes.
     s.ingress.as_mut().expect("ingress").kill().await;
