@@ -85,7 +85,6 @@ pub async fn set(config: &Config, drop_pending: bool) -> Result<String, CliError
     let url = config.webhook_url.as_ref().ok_or(CliError::NoUrl)?;
     let api = api(config)?;
     registration::set_webhook(&api, url, &config.webhook_secret, drop_pending).await?;
-    registration::set_commands(&api).await?;
     Ok(format!("Webhook set: {url}\n"))
 }
 

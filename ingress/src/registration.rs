@@ -40,28 +40,6 @@ pub const ALLOWED_UPDATES: &[&str] = &[
 /// in flight).
 pub const MAX_CONNECTIONS: u32 = 100;
 
-/// The command menu, per language.
-pub fn commands(lang: Option<&str>) -> serde_json::Value {
-    let items: [(&str, &str); 4] = match lang {
-        Some("ru") => [
-            ("start", "Начать"),
-            ("app", "Открыть мини-приложение"),
-            ("stats", "Статистика"),
-            ("help", "Список команд"),
-        ],
-        _ => [
-            ("start", "Start the bot"),
-            ("app", "Open the Mini App"),
-            ("stats", "Statistics"),
-            ("help", "List of commands"),
-        ],
-    };
-    json!(items
-        .iter()
-        .map(|(c, d)| json!({"command": c, "description": d}))
-        .collect::<Vec<_>>())
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error("Telegram rejected the bot token (401 Unauthorized): check TELEGRAM_BOT_TOKEN")]
@@ -107,9 +85,6 @@ pub fn fingerprint(url: &Url, secret: &str) -> String {
     h.update(ALLOWED_UPDATES.join(","));
     h.update(b"\0");
     h.update(MAX_CONNECTIONS.to_string());
-    h.update(b"\0");
-    h.update(commands(None).to_string());
-    h.update(commands(Some("ru")).to_string());
     hex::encode(h.finalize())
 }
 
@@ -136,20 +111,6 @@ pub async fn set_webhook(
         "drop_pending_updates": drop_pending,
     });
     retrying("setWebhook", || api.call::<_, bool>("setWebhook", &params)).await?;
-    Ok(())
-}
-
-pub async fn set_commands(api: &BotApi) -> Result<(), SetupError> {
-    let default = json!({ "commands": commands(None) });
-    retrying("setMyCommands", || {
-        api.call::<_, bool>("setMyCommands", &default)
-    })
-    .await?;
-    let ru = json!({ "commands": commands(Some("ru")), "language_code": "ru" });
-    retrying("setMyCommands(ru)", || {
-        api.call::<_, bool>("setMyCommands", &ru)
-    })
-    .await?;
     Ok(())
 }
 
@@ -188,11 +149,7 @@ pub async fn configure_webhook(
         let lock = store.try_lock(keys::WEBHOOK_LOCK, &holder, 30_000).await;
         match lock {
             Ok(true) => {
-                let result = async {
-                    set_webhook(api, url, secret, drop_pending).await?;
-                    set_commands(api).await
-                }
-                .await;
+                let result = set_webhook(api, url, secret, drop_pending).await;
                 if result.is_ok() {
                     let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
                 }

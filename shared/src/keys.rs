@@ -89,6 +89,11 @@ pub const COUNTERS: &str = "tgbot:counters";
 pub const WEBHOOK_LOCK: &str = "tgbot:webhook:lock";
 pub const WEBHOOK_FINGERPRINT: &str = "tgbot:webhook:fingerprint";
 
+/// The command menu, published by the workers from their registry: the
+/// same lock-plus-fingerprint agreement as the webhook.
+pub const MENU_LOCK: &str = "tgbot:menu:lock";
+pub const MENU_FINGERPRINT: &str = "tgbot:menu:fingerprint";
+
 /// The polling lease (exactly one poller across replicas) and its offset.
 pub const POLLER_LEASE: &str = "tgbot:poller:lease";
 pub const POLLER_OFFSET: &str = "tgbot:poller:offset";

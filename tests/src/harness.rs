@@ -495,7 +495,10 @@ fn base_command(bin: &str, args: &[&str], env: &[(&str, &str)]) -> tokio::proces
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .env("NO_COLOR", "1")
         .env("RUST_BACKTRACE", "1");
     for (k, v) in env {

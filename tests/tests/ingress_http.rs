@@ -21,17 +21,28 @@ async fn ingress_only() -> Option<Stack> {
 }
 
 async fn wait_registered(s: &Stack) {
-    s.wait_calls("setMyCommands after the webhook was set", T, |calls| {
-        calls.iter().any(|c| c.method == "setMyCommands" && c.ok())
+    s.wait_calls("setWebhook", T, |calls| {
+        calls.iter().any(|c| c.method == "setWebhook" && c.ok())
     })
     .await;
 }
 
+/// The ingress registers the webhook; the menu comes from the worker's
+/// command registry (the ingress is generic and knows no commands).
 #[tokio::test(flavor = "multi_thread")]
 async fn startup_registers_webhook_and_commands() {
-    let Some(s) = ingress_only().await else {
+    let Some(s) = Stack::builder().workers(1).start().await else {
         return;
     };
+    wait_registered(&s).await;
+    s.wait_calls("setMyCommands from the worker's registry", T, |calls| {
+        calls
+            .iter()
+            .filter(|c| c.method == "setMyCommands" && c.ok())
+            .count()
+            >= 2
+    })
+    .await;
     wait_registered(&s).await;
     let ing = s.ingress();
     ing.expect_log("Telegram bot initialized: @test_queue_bot", T)
@@ -73,6 +84,13 @@ async fn startup_registers_webhook_and_commands() {
         .map(String::from)
         .collect();
     assert_eq!(cmds, want);
+    let menus = s.api.calls_to("setMyCommands");
+    assert_eq!(
+        menus.len(),
+        2,
+        "the default menu and the Russian one, once: {menus:?}"
+    );
+    assert_eq!(menus[1].params["language_code"], "ru");
 
     // Nothing deletes the webhook (a replica must never unhook the others).
     assert_eq!(s.api.count("deleteWebhook"), 0);

@@ -50,7 +50,7 @@ use tracing::{debug, error, info, warn, Instrument};
 use shared::envelope::Entry;
 use shared::signals::Backoff;
 
-use crate::handlers::{Handler, Outcome};
+use crate::dispatch::Handler;
 use crate::metrics::Metrics;
 use shared::store::{id_order, DeadLetterRequest, Store, UserTouch};
 
@@ -324,11 +324,7 @@ impl Consumer {
                 .observe(started.elapsed().as_secs_f64());
             let error = match result {
                 Ok(Ok(handled)) => {
-                    let outcome = match handled.outcome {
-                        Outcome::Replied => "replied",
-                        Outcome::Counted => "counted",
-                        Outcome::Refused => "refused",
-                    };
+                    let outcome = handled.outcome.label();
                     if self.finish(&entry, handled.user.as_ref()).await.0 {
                         self.metrics.handled(outcome);
                         debug!(outcome, "update handled");
@@ -338,6 +334,16 @@ impl Consumer {
                             "update was handled meanwhile by another delivery; not counted twice"
                         );
                     }
+                    break;
+                }
+                Ok(Err(e)) if !e.is_retry() => {
+                    // The handler says no delivery will fix it: dead letters
+                    // now, with its reason, not after the retries.
+                    self.metrics.failed.inc();
+                    let deliveries = self.store.count_failure(&entry.id).await.unwrap_or(1);
+                    error!(error = %e, "handler gave up; moving the update to the dead letters");
+                    self.dead_letter(&entry, &format!("gave up: {e}"), deliveries)
+                        .await;
                     break;
                 }
                 Ok(Err(e)) => e.to_string(),

@@ -1,15 +1,46 @@
-//! The worker: consumes the update stream through the consumer group,
-//! deduplicates by `update_id`, runs the bot's commands and replies through
-//! the Bot API. Any number of replicas; they share nothing but Redis.
+//! The engine as a library: a team writes its bot against [`Bot`], [`Ctx`],
+//! [`Reply`] and [`HandlerError`]; the engine consumes the update stream
+//! through the consumer group, deduplicates by `update_id`, keeps each
+//! chat's order, runs the bot's handlers and sends their replies through
+//! the shared budget. Any number of replicas; they share nothing but Redis.
+//!
+//! # Layout
+//!
+//! An update's path through this crate:
+//!
+//! - [`consumer`]: reads entries from the group, parks each until it is its
+//!   chat's head, runs it in a handler slot, ends it (handled, duplicate or
+//!   dead-lettered), reclaims entries of dead workers;
+//! - [`dispatch`]: parses the entry's update (raw always, typed when
+//!   teloxide-core can), routes it to the bot's handler, sends the reply;
+//! - [`bot`], [`commands`], [`ctx`], [`reply`]: the public API - the
+//!   builder, the command registry (routing, `/help`, menu), the handler's
+//!   context and what a handler returns;
+//! - [`sender`]: Bot API calls under the shared budget, 429 and retries;
+//! - [`menu`]: publishes the command menu once per change;
+//! - [`cli`], [`admin`]: the operator commands (`queue stats|dead|replay-dead`);
+//! - [`health`], [`metrics`]: `/healthz` and `/metrics` on `METRICS_PORT`.
 
 pub mod admin;
+pub mod bot;
+pub mod cli;
+pub mod commands;
 pub mod consumer;
-pub mod handlers;
+pub mod ctx;
+pub mod dispatch;
 pub mod health;
+pub mod menu;
 pub mod metrics;
+pub mod reply;
 pub mod sender;
-pub mod texts;
-pub mod update;
+
+pub use bot::Bot;
+pub use commands::{CommandInfo, Description};
+pub use ctx::{Ctx, UserRef};
+pub use reply::{HandlerError, Reply};
+pub use shared::stats::{BotStats, UserRecord};
+/// The typed Bot API model handlers receive (teloxide-core).
+pub use teloxide_core::types;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,20 +77,31 @@ pub fn consumer_name() -> String {
     format!("{host}-{}-{}", std::process::id(), &id[..8])
 }
 
-/// Runs against the Redis at `REDIS_URL` (the production path).
-pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), WorkerError> {
+/// Runs `bot` against the Redis at `REDIS_URL` (the production path).
+pub async fn run<S: Send + Sync + 'static>(
+    config: Config,
+    bot: Bot<S>,
+    cancel: CancellationToken,
+) -> Result<(), WorkerError> {
     let redis_url = config.redis_url_or_default().to_owned();
     let store = RedisStore::open(&redis_url).map_err(WorkerError::Redis)?;
     info!(redis = %redact_url(&redis_url), "using Redis");
-    run_with(config, Arc::new(store), cancel).await
+    run_with(config, Arc::new(store), bot, cancel).await
 }
 
-/// Runs against any store: the all-in-one passes its embedded one.
-pub async fn run_with(
+/// Runs `bot` against any store: the all-in-one passes its embedded one.
+pub async fn run_with<S: Send + Sync + 'static>(
     config: Config,
     store: Arc<dyn Store>,
+    bot: Bot<S>,
     cancel: CancellationToken,
 ) -> Result<(), WorkerError> {
+    let commands = bot.command_list();
+    let Bot { state, handlers } = bot;
+    let state = match state {
+        bot::StateInit::Ready(s) => s,
+        bot::StateInit::FromConfig(make) => Arc::new(make(&config)),
+    };
     let metrics = Arc::new(metrics::Metrics::default());
 
     let health = match config.metrics_port {
@@ -119,16 +161,34 @@ pub async fn run_with(
     let username = me.username.clone().unwrap_or_default();
     info!("Telegram bot initialized: @{username}");
 
-    let bot = handlers::Bot {
+    let name = consumer_name();
+    let engine = Arc::new(ctx::Engine {
         username,
-        webapp_url: config.webapp_url.clone(),
-        sender: sender::Sender::new(api, store.clone(), config.send_rate),
+        api: api.clone(),
         store: store.clone(),
+        commands,
+    });
+    {
+        // In the background: a slow or rate-limited setMyCommands must not
+        // hold up consuming.
+        let (api, store, registry, holder) = (
+            api.clone(),
+            store.clone(),
+            engine.commands.clone(),
+            name.clone(),
+        );
+        tokio::spawn(async move { menu::publish(&api, store.as_ref(), &registry, &holder).await });
+    }
+    let router = dispatch::Router {
+        state,
+        handlers,
+        engine,
+        sender: sender::Sender::new(api, store.clone(), config.send_rate),
         metrics: metrics.clone(),
     };
     let consumer = consumer::Consumer::new(
         consumer::Settings {
-            name: consumer_name(),
+            name,
             concurrency: config.worker_concurrency,
             max_deliveries: config.max_deliveries,
             claim_idle: config.claim_idle,
@@ -136,7 +196,7 @@ pub async fn run_with(
             per_chat_order: config.per_chat_order,
         },
         store,
-        Arc::new(bot),
+        Arc::new(router),
         metrics,
     );
     consumer.run(cancel.clone()).await;

@@ -1,7 +1,9 @@
 //! Every text the bot sends, in one place, per language. Russian for users
 //! whose client says `ru` (the original audience), English otherwise.
+//! Command lists are never written here: they come from the registry
+//! (`ctx.help_lines()`), so a new command shows up everywhere at once.
 
-use shared::stats::{BotStats, UserRecord};
+use worker::{BotStats, Ctx, UserRecord};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lang {
@@ -10,6 +12,11 @@ pub enum Lang {
 }
 
 impl Lang {
+    /// The language of the update's sender.
+    pub fn of<S>(ctx: &Ctx<S>) -> Self {
+        Self::from_code(ctx.language_code())
+    }
+
     pub fn from_code(code: Option<&str>) -> Self {
         match code {
             Some(c)
@@ -39,25 +46,29 @@ fn date(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-pub fn greeting(lang: Lang, first_name: &str) -> String {
+pub fn greeting(lang: Lang, first_name: &str, commands: &str) -> String {
     match lang {
-        Lang::Ru => format!("Привет, {first_name}! Я бот-пример с надёжной очередью обновлений.\n\n/app — мини-приложение\n/stats — статистика\n/help — все команды"),
-        Lang::En => format!("Hello, {first_name}! I am a demo bot backed by a durable update queue.\n\n/app - open the Mini App\n/stats - statistics\n/help - all commands"),
+        Lang::Ru => format!(
+            "Привет, {first_name}! Я бот-пример с надёжной очередью обновлений.\n\n{commands}"
+        ),
+        Lang::En => format!(
+            "Hello, {first_name}! I am a demo bot backed by a durable update queue.\n\n{commands}"
+        ),
     }
 }
 
-pub fn welcome_back(lang: Lang, first_name: &str, first_seen_ms: i64) -> String {
+pub fn welcome_back(lang: Lang, first_name: &str, first_seen_ms: i64, commands: &str) -> String {
     let since = date(first_seen_ms);
     match lang {
-        Lang::Ru => format!("С возвращением, {first_name}! Мы знакомы с {since}.\n\n/app — мини-приложение\n/stats — статистика\n/help — все команды"),
-        Lang::En => format!("Welcome back, {first_name}! We first met on {since}.\n\n/app - open the Mini App\n/stats - statistics\n/help - all commands"),
+        Lang::Ru => format!("С возвращением, {first_name}! Мы знакомы с {since}.\n\n{commands}"),
+        Lang::En => format!("Welcome back, {first_name}! We first met on {since}.\n\n{commands}"),
     }
 }
 
-pub fn help(lang: Lang) -> String {
+pub fn help(lang: Lang, commands: &str) -> String {
     match lang {
-        Lang::Ru => "Команды:\n/start — начать\n/app — открыть мини-приложение\n/stats — статистика бота и ваша\n/help — этот список".to_string(),
-        Lang::En => "Commands:\n/start - start the bot\n/app - open the Mini App\n/stats - the bot's and your statistics\n/help - this list".to_string(),
+        Lang::Ru => format!("Команды:\n{commands}"),
+        Lang::En => format!("Commands:\n{commands}"),
     }
 }
 
@@ -143,6 +154,6 @@ mod tests {
         assert_eq!(Lang::from_code(Some("ru")), Lang::Ru);
         assert_eq!(Lang::from_code(Some("en")), Lang::En);
         assert_eq!(Lang::from_code(None), Lang::En);
-        assert!(greeting(Lang::Ru, "Иван").contains("Привет"));
+        assert!(greeting(Lang::Ru, "Иван", "/help").contains("Привет"));
     }
 }

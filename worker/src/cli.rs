@@ -1,8 +1,13 @@
+//! The command line of a bot built on the engine: no arguments runs the
+//! worker; `queue ...` are the operator commands, which need only Redis.
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use shared::Config;
+
+use crate::Bot;
 
 /// Consumes the update stream and runs the bot's commands. With no
 /// arguments it works; `queue` subcommands inspect the queue.
@@ -22,8 +27,8 @@ enum Command {
     },
 }
 
-#[derive(Subcommand)]
-enum QueueAction {
+#[derive(Subcommand, Debug, Clone)]
+pub enum QueueAction {
     /// Stream length, group lag, pending per consumer, oldest pending age, dead letters.
     Stats {
         #[arg(long)]
@@ -38,38 +43,42 @@ enum QueueAction {
     ReplayDead,
 }
 
-fn main() -> ExitCode {
+/// Runs `bot` as the worker, or the operator command the arguments name.
+pub fn main<S: Send + Sync + 'static>(bot: Bot<S>) -> ExitCode {
     let cli = Cli::parse();
-    // Operator commands need only Redis: a missing bot token must not stop
-    // someone from reading the queue.
     let operator = cli.command.is_some();
-    let load = move || {
-        if operator {
-            Config::from_lookup(|k| {
-                if k == "DISABLE_TELEGRAM_BOT" && std::env::var("TELEGRAM_BOT_TOKEN").is_err() {
-                    return Some("true".into());
-                }
-                std::env::var(k).ok()
-            })
-        } else {
-            Config::from_env()
-        }
-    };
-    let (config, rt) = match shared::telemetry::bootstrap(load) {
+    let (config, rt) = match shared::telemetry::bootstrap(|| load_config(operator)) {
         Ok(started) => started,
         Err(code) => return code,
     };
     rt.block_on(async move {
         match cli.command {
             None => {
-                shared::signals::run_service("worker", |cancel| worker::run(config, cancel)).await
+                shared::signals::run_service("worker", |cancel| crate::run(config, bot, cancel))
+                    .await
             }
             Some(Command::Queue { action }) => queue(config, action).await,
         }
     })
 }
 
-async fn queue(config: Config, action: QueueAction) -> ExitCode {
+/// The configuration from the environment. Operator commands need only
+/// Redis: a missing bot token must not stop someone from reading the queue.
+pub fn load_config(operator: bool) -> Result<Config, shared::ConfigError> {
+    if operator {
+        Config::from_lookup(|k| {
+            if k == "DISABLE_TELEGRAM_BOT" && std::env::var("TELEGRAM_BOT_TOKEN").is_err() {
+                return Some("true".into());
+            }
+            std::env::var(k).ok()
+        })
+    } else {
+        Config::from_env()
+    }
+}
+
+/// Runs one operator command against `REDIS_URL`.
+pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
     let url = config.redis_url_or_default().to_owned();
     let mut conn = match shared::redis_conn::manager(&url) {
         Ok(c) => c,
@@ -81,23 +90,23 @@ async fn queue(config: Config, action: QueueAction) -> ExitCode {
     let result: Result<String, redis::RedisError> = async {
         Ok(match action {
             QueueAction::Stats { json } => {
-                let s = worker::admin::stats(&mut conn).await?;
+                let s = crate::admin::stats(&mut conn).await?;
                 if json {
                     serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
                 } else {
-                    worker::admin::render_stats(&s)
+                    crate::admin::render_stats(&s)
                 }
             }
             QueueAction::Dead { json } => {
-                let d = worker::admin::dead(&mut conn).await?;
+                let d = crate::admin::dead(&mut conn).await?;
                 if json {
                     serde_json::to_string_pretty(&d).unwrap_or_default() + "\n"
                 } else {
-                    worker::admin::render_dead(&d)
+                    crate::admin::render_dead(&d)
                 }
             }
             QueueAction::ReplayDead => {
-                let r = worker::admin::replay_dead(&mut conn).await?;
+                let r = crate::admin::replay_dead(&mut conn).await?;
                 format!(
                     "Replayed {} dead letters onto the stream ({} without an update body kept).\n",
                     r.replayed, r.kept

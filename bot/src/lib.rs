@@ -1,0 +1,48 @@
+//! The bot this repository ships, and the engine's first user: written
+//! only against `worker`'s public API (a separate crate, so Cargo enforces
+//! it). Adding a command is one file under `commands/` plus one line below.
+//!
+//! # Layout
+//!
+//! - [`commands`]: one file per command (`/start`, `/app`, `/stats`, `/help`);
+//! - [`texts`]: every text the bot sends, per language;
+//! - `bin/worker.rs`: the `worker` binary (beside the stock `ingress`);
+//! - `bin/bot.rs`: the all-in-one `bot` (ingress or poller plus worker).
+
+pub mod commands;
+pub mod texts;
+
+use url::Url;
+use worker::{Bot, Description};
+
+/// What the handlers share: the Mini App's URL (`TELEGRAM_WEBAPP_URL`).
+pub struct App {
+    pub webapp_url: Option<Url>,
+}
+
+/// The shipped bot, ready to run.
+pub fn bot() -> Bot<App> {
+    Bot::from_config(|config| App {
+        webapp_url: config.webapp_url.clone(),
+    })
+    .command(
+        "start",
+        Description::new("Start the bot").lang("ru", "Начать"),
+        commands::start::run,
+    )
+    .command(
+        "app",
+        Description::new("Open the Mini App").lang("ru", "Открыть мини-приложение"),
+        commands::app::run,
+    )
+    .command(
+        "stats",
+        Description::new("Statistics").lang("ru", "Статистика"),
+        commands::stats::run,
+    )
+    .command(
+        "help",
+        Description::new("List of commands").lang("ru", "Список команд"),
+        commands::help::run,
+    )
+}

@@ -1,0 +1,85 @@
+//! Publishing the command menu (`setMyCommands`, per language) from the
+//! registry, once per change rather than once per replica.
+//!
+//! The worker publishes it, not the ingress: the ingress is generic and
+//! never rebuilt when commands change, and the worker runs in webhook and
+//! polling mode alike. Replicas agree through Redis as they do for the
+//! webhook: whoever takes the lock publishes and stores the fingerprint of
+//! what it published; the others see the fingerprint and skip.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tracing::{debug, info, warn};
+
+use shared::botapi::BotApi;
+use shared::keys;
+use shared::signals::Backoff;
+use shared::store::Store;
+
+use crate::commands::{menu, CommandInfo};
+
+pub fn fingerprint(calls: &[Value]) -> String {
+    let mut h = Sha256::new();
+    for c in calls {
+        h.update(c.to_string());
+        h.update(b"\0");
+    }
+    hex::encode(h.finalize())
+}
+
+/// Publishes the menu unless the stored fingerprint says it is current.
+/// Gives up quietly after a few tries: a stale menu is cosmetic, and the
+/// next replica start tries again.
+pub async fn publish(api: &BotApi, store: &dyn Store, registry: &[CommandInfo], holder: &str) {
+    if registry.is_empty() {
+        return;
+    }
+    let calls = menu(registry);
+    let fp = fingerprint(&calls);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    for _ in 0..6 {
+        match store.get(keys::MENU_FINGERPRINT).await {
+            Ok(Some(stored)) if stored == fp => {
+                debug!("command menu unchanged");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!(error = %e, "cannot read the menu fingerprint yet");
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        }
+        match store.try_lock(keys::MENU_LOCK, holder, 30_000).await {
+            Ok(true) => {}
+            _ => {
+                // Another replica is publishing: look again shortly.
+                tokio::time::sleep(backoff.next_delay()).await;
+                continue;
+            }
+        }
+        let mut ok = true;
+        for call in &calls {
+            if let Err(e) = api.call::<_, bool>("setMyCommands", call).await {
+                warn!(error = %e, "setMyCommands failed; the menu stays as it was");
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            let _ = store.set(keys::MENU_FINGERPRINT, &fp).await;
+            info!(
+                commands = registry.len(),
+                languages = calls.len() - 1,
+                "command menu published"
+            );
+        }
+        let _ = store.release(keys::MENU_LOCK, holder).await;
+        if ok {
+            return;
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
