@@ -125,10 +125,15 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 
 /// Accept failures that are about the process (EMFILE, ENFILE, ENOBUFS):
 /// retrying at once would fail again and spin a core, and logging each one
-/// would flood the log, so both are paced.
+/// would flood the log, so both are paced. At the limit, accepts succeed and
+/// fail by turns (each closed connection frees one descriptor): the error
+/// line is limited per period across such episodes, and a recovery line is
+/// written only for an episode whose error line was.
 struct AcceptErrors {
     backoff: Backoff,
+    /// When the current episode began, if one is open.
     failing_since: Option<Instant>,
+    episode_logged: bool,
     last_log: Option<Instant>,
     unlogged: u64,
     total: u64,
@@ -139,6 +144,7 @@ impl Default for AcceptErrors {
         Self {
             backoff: Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
             failing_since: None,
+            episode_logged: false,
             last_log: None,
             unlogged: 0,
             total: 0,
@@ -149,39 +155,55 @@ impl Default for AcceptErrors {
 impl AcceptErrors {
     /// Records a failure; returns how long to wait before accepting again.
     fn failed(&mut self, e: &std::io::Error) -> Duration {
-        let now = Instant::now();
+        self.failed_at(Instant::now(), e).0
+    }
+
+    fn recovered(&mut self) {
+        if self.failing_since.is_some() {
+            self.recovered_at(Instant::now());
+        }
+    }
+
+    /// The wait, and whether a line was logged.
+    fn failed_at(&mut self, now: Instant, e: &std::io::Error) -> (Duration, bool) {
         self.failing_since.get_or_insert(now);
         self.total += 1;
         let wait = self.backoff.next_delay();
         if self
             .last_log
-            .is_none_or(|t| now.duration_since(t) >= ACCEPT_LOG_EVERY)
+            .is_some_and(|t| now.duration_since(t) < ACCEPT_LOG_EVERY)
         {
-            error!(
-                error = %e,
-                failures_since_last_log = self.unlogged,
-                retry_in_ms = wait.as_millis() as u64,
-                "cannot accept connections (at the open-files limit? see `ulimit -n`); new requests wait"
-            );
-            self.last_log = Some(now);
-            self.unlogged = 0;
-        } else {
             self.unlogged += 1;
+            return (wait, false);
         }
-        wait
+        error!(
+            error = %e,
+            failures_since_last_log = self.unlogged,
+            retry_in_ms = wait.as_millis() as u64,
+            "cannot accept connections (at the open-files limit? see `ulimit -n`); new requests wait"
+        );
+        self.last_log = Some(now);
+        self.unlogged = 0;
+        self.episode_logged = true;
+        (wait, true)
     }
 
-    fn recovered(&mut self) {
-        if let Some(since) = self.failing_since.take() {
-            info!(
-                failures = self.total,
-                after_ms = since.elapsed().as_millis() as u64,
-                "accepting connections again"
-            );
-            self.backoff.reset();
-            self.last_log = None;
-            self.unlogged = 0;
-            self.total = 0;
+    /// Closes the episode; whether a line was logged.
+    fn recovered_at(&mut self, now: Instant) -> bool {
+        self.backoff.reset();
+        let since = self.failing_since.take();
+        let logged = std::mem::take(&mut self.episode_logged);
+        let failures = std::mem::take(&mut self.total);
+        match since {
+            Some(since) if logged => {
+                info!(
+                    failures,
+                    after_ms = now.duration_since(since).as_millis() as u64,
+                    "accepting connections again"
+                );
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -194,13 +216,31 @@ mod tests {
     fn accept_failures_back_off_and_log_once_per_period() {
         let mut errs = AcceptErrors::default();
         let e = std::io::Error::from_raw_os_error(24); // EMFILE
-        let waits: Vec<Duration> = (0..10).map(|_| errs.failed(&e)).collect();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let runs: Vec<(Duration, bool)> = (0..10).map(|i| errs.failed_at(at(i), &e)).collect();
+        let waits: Vec<Duration> = runs.iter().map(|r| r.0).collect();
         assert_eq!(waits[0], Duration::from_millis(10));
         assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
-        assert_eq!(*waits.last().unwrap(), Duration::from_secs(1));
-        // One line logged, the other nine counted for the next one.
-        assert_eq!(errs.unlogged, 9);
-        errs.recovered();
-        assert_eq!(errs.failed(&e), Duration::from_millis(10), "reset");
+        assert_eq!(waits[9], Duration::from_secs(1));
+        let logged = runs.iter().filter(|r| r.1).count();
+        assert_eq!((logged, errs.unlogged), (1, 9), "one line, nine counted");
+        assert!(
+            errs.recovered_at(at(20)),
+            "the logged episode's end is logged"
+        );
+
+        // Flapping at the limit: success and failure by turns log nothing
+        // more within the period, and the retry wait starts small again.
+        for ms in [30, 50, 70] {
+            assert_eq!(
+                errs.failed_at(at(ms), &e),
+                (Duration::from_millis(10), false)
+            );
+            assert!(!errs.recovered_at(at(ms + 10)));
+        }
+        // The next period logs again, counting the silent failures.
+        assert!(errs.failed_at(at(5_100), &e).1);
+        assert_eq!(errs.unlogged, 0);
     }
 }

@@ -2,6 +2,8 @@
 //! gets from scanners and slowloris attacks, each recording when (and with
 //! what status) the server ended it.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,6 +23,8 @@ pub enum Slow {
     ShortBody,
     /// Makes one quick request, then keeps the connection open, idle.
     IdleKeepAlive,
+    /// One quick request with `Connection: close` (not slow: a control).
+    Quick,
 }
 
 impl Slow {
@@ -48,6 +52,7 @@ impl Slow {
                  Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"update_i"
             ),
             Slow::IdleKeepAlive => format!("GET /healthz HTTP/1.1\r\n{host}\r\n"),
+            Slow::Quick => format!("GET /healthz HTTP/1.1\r\n{host}Connection: close\r\n\r\n"),
         }
     }
 }
@@ -67,6 +72,11 @@ pub struct Outcome {
 /// Opens one connection to `127.0.0.1:port`, behaves as `kind` and waits
 /// (at most `give_up`) for the server to close it.
 pub async fn run(port: u16, kind: Slow, give_up: Duration) -> Outcome {
+    run_counted(port, kind, give_up, &AtomicUsize::new(0)).await
+}
+
+/// [`run`], counting the connection in `opened` once its opening is sent.
+async fn run_counted(port: u16, kind: Slow, give_up: Duration, opened: &AtomicUsize) -> Outcome {
     let start = Instant::now();
     let mut out = Outcome {
         kind,
@@ -80,6 +90,7 @@ pub async fn run(port: u16, kind: Slow, give_up: Duration) -> Outcome {
     out.connected = true;
     let (mut rd, mut wr) = stream.into_split();
     let _ = wr.write_all(kind.opening(port).as_bytes()).await;
+    opened.fetch_add(1, Ordering::SeqCst);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let deadline = tokio::time::Instant::from_std(start + give_up);
@@ -111,25 +122,43 @@ fn last_status(bytes: &[u8]) -> Option<u16> {
         .next()
 }
 
-/// Opens `n` connections of each kind in `kinds` (round robin) at once.
-pub fn spawn_many(
-    port: u16,
-    kinds: &[Slow],
-    n: usize,
-    give_up: Duration,
-) -> Vec<tokio::task::JoinHandle<Outcome>> {
-    (0..n)
-        .map(|i| tokio::spawn(run(port, kinds[i % kinds.len()], give_up)))
-        .collect()
+/// Many slow clients at once.
+pub struct Clients {
+    handles: Vec<tokio::task::JoinHandle<Outcome>>,
+    opened: Arc<AtomicUsize>,
 }
 
-/// Collects the outcomes of [`spawn_many`].
-pub async fn join_all(handles: Vec<tokio::task::JoinHandle<Outcome>>) -> Vec<Outcome> {
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.expect("slow client task"));
+impl Clients {
+    /// Opens `n` connections, of the `kinds` in turn.
+    pub fn spawn(port: u16, kinds: &[Slow], n: usize, give_up: Duration) -> Self {
+        let opened = Arc::new(AtomicUsize::new(0));
+        let handles = (0..n)
+            .map(|i| {
+                let (kind, opened) = (kinds[i % kinds.len()], opened.clone());
+                tokio::spawn(async move { run_counted(port, kind, give_up, &opened).await })
+            })
+            .collect();
+        Self { handles, opened }
     }
-    out
+
+    /// Waits (at most `timeout`) until every connection is open and has
+    /// sent its opening; false on timeout.
+    pub async fn all_open(&self, timeout: Duration) -> bool {
+        let n = self.handles.len();
+        crate::harness::eventually(timeout, || async {
+            self.opened.load(Ordering::SeqCst) >= n
+        })
+        .await
+    }
+
+    /// The outcomes, once every client is done.
+    pub async fn join(self) -> Vec<Outcome> {
+        let mut out = Vec::with_capacity(self.handles.len());
+        for h in self.handles {
+            out.push(h.await.expect("slow client task"));
+        }
+        out
+    }
 }
 
 /// Per kind: connections, how many the server closed, the slowest close
