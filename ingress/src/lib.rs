@@ -34,9 +34,9 @@ pub enum IngressError {
     Setup(#[from] registration::SetupError),
 }
 
-/// Serves until `cancel` fires (then drains in-flight requests, bounded by
-/// [`server::DRAIN_TIMEOUT`]) or a fatal
-/// Telegram error (a rejected token) ends the process.
+/// Serves until `cancel` fires (then drains in-flight requests, for at most
+/// [`server::DRAIN_TIMEOUT`]) or a fatal Telegram error (a rejected token)
+/// ends the process.
 pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), IngressError> {
     let redis_url = config.redis_url_or_default().to_owned();
     let store = RedisStore::open(&redis_url).map_err(IngressError::Redis)?;
