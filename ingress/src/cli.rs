@@ -7,6 +7,10 @@ use shared::Config;
 
 use crate::registration::{self, SetupError};
 
+/// How long `webhook set` retries a failing Bot API (a 429 from Telegram's
+/// one-setWebhook-a-second limit, a blip) before it gives up with the error.
+pub const SET_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error("the bot is disabled (DISABLE_TELEGRAM_BOT) and TELEGRAM_BOT_TOKEN is not set")]
@@ -84,7 +88,8 @@ pub async fn info(config: &Config, json: bool) -> Result<String, CliError> {
 pub async fn set(config: &Config, drop_pending: bool) -> Result<String, CliError> {
     let url = config.webhook_url.as_ref().ok_or(CliError::NoUrl)?;
     let api = api(config)?;
-    registration::set_webhook(&api, url, &config.webhook_secret, drop_pending).await?;
+    let deadline = Some(tokio::time::Instant::now() + SET_BUDGET);
+    registration::set_webhook(&api, url, &config.webhook_secret, drop_pending, deadline).await?;
     Ok(format!("Webhook set: {url}\n"))
 }
 

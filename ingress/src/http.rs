@@ -19,6 +19,7 @@ use shared::secret::ct_eq;
 use shared::store::Store;
 
 use crate::metrics::Metrics;
+use crate::server::BODY_TIMEOUT;
 
 /// Telegram's own limit is far lower; anything bigger is not an update.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -82,7 +83,19 @@ async fn webhook(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body
         st.metrics.reject("too_large");
         return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB");
     }
-    let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+    let collect = http_body_util::Limited::new(body, MAX_BODY).collect();
+    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
+        st.metrics.reject("body_timeout");
+        let mut r = error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body did not arrive in time",
+        );
+        // The rest of the body may still come; the connection is not reusable.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    };
+    let bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             st.metrics.reject("too_large");

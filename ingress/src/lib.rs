@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod miniapp;
 pub mod poller;
 pub mod registration;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -31,12 +32,11 @@ pub enum IngressError {
     Redis(redis::RedisError),
     #[error(transparent)]
     Setup(#[from] registration::SetupError),
-    #[error("HTTP server failed: {0}")]
-    Serve(std::io::Error),
 }
 
-/// Serves until `cancel` fires (then drains in-flight requests) or a fatal
-/// Telegram error (a rejected token) ends the process.
+/// Serves until `cancel` fires (then drains in-flight requests, for at most
+/// [`server::DRAIN_TIMEOUT`]) or a fatal Telegram error (a rejected token)
+/// ends the process.
 pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), IngressError> {
     let redis_url = config.redis_url_or_default().to_owned();
     let store = RedisStore::open(&redis_url).map_err(IngressError::Redis)?;
@@ -133,11 +133,9 @@ pub async fn serve_with(
         }
     }
 
-    let shutdown = cancel.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    let server = server::run(listener, app, state.metrics.clone(), cancel.clone());
     tokio::select! {
-        r = server => r.map_err(IngressError::Serve)?,
+        () = server => {}
         Some(e) = fatal_rx.recv() => {
             error!("{e}");
             return Err(e.into());

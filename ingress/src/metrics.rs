@@ -19,6 +19,7 @@ pub struct Metrics {
     pub enqueued: Counter,
     pub duplicates: Counter,
     pub queue_depth: Gauge,
+    pub accept_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -29,6 +30,7 @@ impl Default for Metrics {
         let enqueued = Counter::default();
         let duplicates = Counter::default();
         let queue_depth = Gauge::default();
+        let accept_errors = Counter::default();
         registry.register(
             "ingress_updates_received",
             "Webhook requests received on the webhook path (and updates fetched by the poller)",
@@ -36,7 +38,7 @@ impl Default for Metrics {
         );
         registry.register(
             "ingress_updates_rejected",
-            "Updates refused, by reason (secret, bad_json, not_object, no_update_id, too_large, redis_unavailable)",
+            "Updates refused, by reason (secret, bad_json, not_object, no_update_id, too_large, body_timeout, redis_unavailable)",
             rejected.clone(),
         );
         registry.register(
@@ -54,6 +56,11 @@ impl Default for Metrics {
             "Entries in the update stream (not yet handled or in flight)",
             queue_depth.clone(),
         );
+        registry.register(
+            "ingress_accept_errors",
+            "Failed accepts of new connections (EMFILE: out of file descriptors)",
+            accept_errors.clone(),
+        );
         Self {
             registry,
             received,
@@ -61,6 +68,7 @@ impl Default for Metrics {
             enqueued,
             duplicates,
             queue_depth,
+            accept_errors,
         }
     }
 }

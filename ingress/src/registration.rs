@@ -8,6 +8,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
@@ -46,33 +48,63 @@ pub enum SetupError {
     Unauthorized,
     #[error("Telegram refused the webhook: {0}")]
     Refused(String),
+    #[error("{what} did not succeed in time; is the Bot API (TELEGRAM_API_URL) reachable? Last error: {error}")]
+    GaveUp { what: String, error: String },
 }
 
 /// Runs a Bot API call until it succeeds: 429 waits `retry_after`, network
 /// trouble and 5xx back off; 401 is fatal. A 400 is returned to the caller.
-pub async fn retrying<T, F, Fut>(what: &str, mut call: F) -> Result<T, SetupError>
+pub async fn retrying<T, F, Fut>(what: &str, call: F) -> Result<T, SetupError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, BotApiError>>,
 {
+    retrying_until(what, None, call).await
+}
+
+/// [`retrying`] that gives up at `deadline`: the service may wait out an
+/// outage while it serves, but an operator command must end.
+pub async fn retrying_until<T, F, Fut>(
+    what: &str,
+    deadline: Option<Instant>,
+    mut call: F,
+) -> Result<T, SetupError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BotApiError>>,
+{
+    let gave_up = |error: String| SetupError::GaveUp {
+        what: what.to_owned(),
+        error,
+    };
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
-        match call().await {
+        let attempt = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, call()).await {
+                Ok(r) => r,
+                Err(_) => return Err(gave_up("no answer in time".into())),
+            },
+            None => call().await,
+        };
+        let e = match attempt {
             Ok(v) => return Ok(v),
             Err(e) if e.is_unauthorized() => return Err(SetupError::Unauthorized),
-            Err(e) => {
-                if let Some(wait) = e.retry_after() {
-                    warn!(error = %e, wait_s = wait.as_secs(), "{what}: rate limited; waiting as Telegram asked");
-                    tokio::time::sleep(wait).await;
-                } else if e.is_transient() {
-                    let wait = backoff.next_delay();
-                    warn!(error = %e, wait_ms = wait.as_millis() as u64, "{what} failed; retrying");
-                    tokio::time::sleep(wait).await;
-                } else {
-                    return Err(SetupError::Refused(e.to_string()));
-                }
-            }
+            Err(e) => e,
+        };
+        let wait = if let Some(wait) = e.retry_after() {
+            warn!(error = %e, wait_s = wait.as_secs(), "{what}: rate limited; waiting as Telegram asked");
+            wait
+        } else if e.is_transient() {
+            let wait = backoff.next_delay();
+            warn!(error = %e, wait_ms = wait.as_millis() as u64, "{what} failed; retrying");
+            wait
+        } else {
+            return Err(SetupError::Refused(e.to_string()));
+        };
+        if deadline.is_some_and(|d| Instant::now() + wait >= d) {
+            return Err(gave_up(e.to_string()));
         }
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -97,11 +129,13 @@ pub async fn identify(api: &BotApi) -> Result<User, SetupError> {
     Ok(me)
 }
 
+/// `deadline`: see [`retrying_until`].
 pub async fn set_webhook(
     api: &BotApi,
     url: &Url,
     secret: &str,
     drop_pending: bool,
+    deadline: Option<Instant>,
 ) -> Result<(), SetupError> {
     let params = json!({
         "url": url.as_str(),
@@ -110,7 +144,10 @@ pub async fn set_webhook(
         "max_connections": MAX_CONNECTIONS,
         "drop_pending_updates": drop_pending,
     });
-    retrying("setWebhook", || api.call::<_, bool>("setWebhook", &params)).await?;
+    retrying_until("setWebhook", deadline, || {
+        api.call::<_, bool>("setWebhook", &params)
+    })
+    .await?;
     Ok(())
 }
 
@@ -149,7 +186,7 @@ pub async fn configure_webhook(
         let lock = store.try_lock(keys::WEBHOOK_LOCK, &holder, 30_000).await;
         match lock {
             Ok(true) => {
-                let result = set_webhook(api, url, secret, drop_pending).await;
+                let result = set_webhook(api, url, secret, drop_pending, None).await;
                 if result.is_ok() {
                     let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
                 }
@@ -266,7 +303,7 @@ pub async fn watch_webhook(
                 "the webhook was changed or deleted outside this deployment (Telegram had: {}); setting it again",
                 if now.url.is_empty() { "none" } else { &now.url }
             );
-            set_webhook(api, url, secret, false).await?;
+            set_webhook(api, url, secret, false, None).await?;
             let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
             info!("Webhook set: {url}");
             Ok(())

@@ -90,6 +90,12 @@ struct MinimalUpdate {
 /// The body must be one JSON object with an integer `update_id`; the rest
 /// of its shape is the worker's business. Never panics, whatever the bytes.
 pub fn probe(body: &[u8]) -> Result<Probe, BadUpdate> {
+    // JSON is UTF-8, but serde_json skips the strings of fields it ignores
+    // without validating them, so such a body would be stored as an update:
+    // check the whole body first (a linear scan, cheap next to the parse).
+    if std::str::from_utf8(body).is_err() {
+        return Err(BadUpdate::NotJson);
+    }
     // serde would happily read a struct from a JSON array; refuse that first.
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let is_object = first == Some(&b'{');
@@ -310,6 +316,15 @@ mod tests {
         assert_eq!(probe(br#"{"update_id":"5"}"#), Err(BadUpdate::NoUpdateId));
         assert_eq!(probe(br#"{"update_id":5.5}"#), Err(BadUpdate::NoUpdateId));
         assert_eq!(probe(br#"{"update_id":5"#), Err(BadUpdate::NotJson));
+        // Invalid UTF-8 in a field the probe ignores, and in one it reads.
+        assert_eq!(
+            probe(b"{\"update_id\":5,\"other\":\"\xff\xfe\"}"),
+            Err(BadUpdate::NotJson)
+        );
+        assert_eq!(
+            probe(b"{\"update_id\":5,\"message\":{\"text\":\"\xc3\"}}"),
+            Err(BadUpdate::NotJson)
+        );
         // Odd but integer-keyed: stored, just without an ordering key.
         assert_eq!(probe(br#"{"update_id":5, "message": 3}"#).unwrap().key, "");
     }

@@ -6,6 +6,7 @@ pub mod accounting;
 pub mod container;
 pub mod fake_bot_api;
 pub mod harness;
+pub mod slow_client;
 pub mod stack;
 pub mod updates;
 

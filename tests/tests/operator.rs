@@ -158,3 +158,35 @@ async fn every_command_has_help_and_meaningful_exit_codes() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_commands_end_while_the_bot_api_is_unreachable() {
+    // Nothing listens there: every call fails with a connection error.
+    let dead_api = format!("http://127.0.0.1:{}", e2e::harness::free_port());
+    let env = [
+        ("TELEGRAM_BOT_TOKEN", e2e::TOKEN),
+        ("TELEGRAM_WEBHOOK_URL", WEBHOOK_URL),
+        ("TELEGRAM_WEBHOOK_SECRET", e2e::WEBHOOK_SECRET),
+        ("TELEGRAM_API_URL", dead_api.as_str()),
+        ("REDIS_URL", "redis://127.0.0.1:1"),
+    ];
+    // `set` retries a blip for at most 15 s (ingress::cli::SET_BUDGET).
+    let bound = Duration::from_secs(15) + Duration::from_secs(10);
+    for cmd in ["info", "delete", "set"] {
+        let t = std::time::Instant::now();
+        let (st, out, err) = run_to_exit("ingress", &["webhook", cmd], &env, bound).await;
+        println!(
+            "`ingress webhook {cmd}` with the Bot API unreachable: exit code {:?} after {:.1} s: {}",
+            st.code(),
+            t.elapsed().as_secs_f64(),
+            err.lines().last().unwrap_or_default()
+        );
+        assert_eq!(st.code(), Some(1), "{out}\n{err}");
+        assert!(
+            err.contains("ingress webhook:"),
+            "one clear error line: {err}"
+        );
+        e2e::assert_token_absent(&out);
+        e2e::assert_token_absent(&err);
+    }
+}
