@@ -9,7 +9,7 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 
 use serde_json::{json, Value};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 use url::Url;
 
 use shared::envelope::{now_ms, Entry};
@@ -37,6 +37,9 @@ pub enum Outcome {
     Counted,
     /// Telegram refused the reply for good (blocked, chat not found).
     Refused,
+    /// The reply was sent but no verdict came back: the user may or may
+    /// not have it. Not resent (see `SendError::Unknown`).
+    Unknown,
 }
 
 #[derive(Debug)]
@@ -76,10 +79,13 @@ impl Handler for Bot {
 
 impl Bot {
     async fn handle_update(&self, entry: &Entry) -> Result<Handled, HandlerError> {
-        let update: Update = match serde_json::from_slice(&entry.update) {
+        let update = match Update::parse(&entry.update) {
             Ok(u) => u,
             Err(e) => {
-                debug!(error = %e, "update not understood; counted only");
+                // Warn: a user may be left unanswered. The error names a
+                // position and at most a value from the update, never a
+                // secret of ours.
+                warn!(error = %e, bytes = entry.update.len(), "update not understood; counted only, not answered");
                 return Ok(Handled {
                     outcome: Outcome::Counted,
                     user: None,
@@ -154,23 +160,25 @@ impl Bot {
             Known::Stats => self.stats_reply(msg, lang).await?,
             Known::Help => self.text_reply(msg, texts::help(lang)),
         };
+        let elapsed_ms = || started.elapsed().as_millis() as u64;
+        // Info, not debug: a command is what a user sees, so it is what an
+        // operator looks for in the logs (updates that are only counted
+        // stay at debug). "answered" only when the reply went out.
         let outcome = match self.sender.send("sendMessage", reply, &self.metrics).await {
-            Ok(_) => Outcome::Replied,
+            Ok(_) => {
+                info!(command = %cmd.name, chat_id = msg.chat.id, elapsed_ms = elapsed_ms(), "command answered");
+                Outcome::Replied
+            }
             Err(SendError::Final(e)) => {
-                info!(chat_id = msg.chat.id, reason = %e, "reply refused by Telegram; update ends here");
+                info!(command = %cmd.name, chat_id = msg.chat.id, reason = %e, "reply refused by Telegram; update ends here");
                 Outcome::Refused
+            }
+            Err(SendError::Unknown(e)) => {
+                warn!(command = %cmd.name, chat_id = msg.chat.id, elapsed_ms = elapsed_ms(), reason = %e, "command reply outcome unknown (the user may have it); update ends here, not resent");
+                Outcome::Unknown
             }
             Err(e) => return Err(e.into()),
         };
-        // Info, not debug: a command is what a user sees, so it is what an
-        // operator looks for in the logs (updates that are only counted
-        // stay at debug).
-        info!(
-            command = %cmd.name,
-            chat_id = msg.chat.id,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "command answered"
-        );
         Ok(Handled { outcome, user })
     }
 

@@ -61,6 +61,15 @@ pub struct Update {
 }
 
 impl Update {
+    /// Parses a stored update. Telegram sends UTF-8, yet a bad byte can
+    /// still reach the stream (polling, entries stored before the ingress
+    /// checked bodies), and serde refuses the whole update for one bad byte
+    /// in a name - leaving the user unanswered. Bad bytes become U+FFFD
+    /// instead; a valid body is parsed without a copy.
+    pub fn parse(raw: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(&String::from_utf8_lossy(raw))
+    }
+
     /// The person behind the update, if any (channel posts have none).
     pub fn sender(&self) -> Option<&User> {
         if let Some(m) = &self.message {
@@ -135,6 +144,23 @@ mod tests {
         assert!(parse_command("hello").is_none());
         assert!(parse_command("/").is_none());
         assert!(parse_command("/слово").is_none());
+    }
+
+    #[test]
+    fn a_bad_byte_in_a_name_becomes_a_replacement_character() {
+        let mut raw = br#"{"update_id":5,"message":{"message_id":1,"chat":{"id":7,"type":"private"},"from":{"id":7,"first_name":"Ann"#.to_vec();
+        raw.push(0xff);
+        raw.extend_from_slice(br#"a"},"text":"/start"}}"#);
+        assert!(
+            serde_json::from_slice::<Update>(&raw).is_err(),
+            "serde alone refuses it"
+        );
+        let u = Update::parse(&raw).expect("parsed despite the bad byte");
+        assert_eq!(
+            u.sender().map(|u| u.first_name.as_str()),
+            Some("Ann\u{fffd}a")
+        );
+        assert!(Update::parse(b"{not json").is_err());
     }
 
     #[test]
