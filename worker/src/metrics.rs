@@ -39,9 +39,10 @@ impl Default for Metrics {
         let sent = Counter::default();
         let rate_limited = Counter::default();
         let sends_unknown = Counter::default();
-        // 1 ms .. ~16 s: handlers wait on Telegram, sometimes on a 429.
+        // 1 ms .. ~65 s: handlers wait on Telegram (a send up to 60 s),
+        // sometimes on a 429.
         let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-            0.001, 2.0, 15,
+            0.001, 2.0, 17,
         ));
         let queue_depth = Gauge::default();
         let lag = Gauge::default();
