@@ -37,8 +37,8 @@ pub enum Outcome {
     Counted,
     /// Telegram refused the reply for good (blocked, chat not found).
     Refused,
-    /// The reply was sent but no verdict came back: the user may or may
-    /// not have it. Not resent (see `SendError::Unknown`).
+    /// The reply may have gone out but no verdict came back, so the user
+    /// may or may not have it. Not resent (see `SendError::Unknown`).
     Unknown,
 }
 
