@@ -26,8 +26,14 @@ pub enum BotApiError {
         retry_after: Option<u64>,
         migrate_to_chat_id: Option<i64>,
     },
+    /// No answer came. `maybe_sent` says whether the request may have
+    /// reached Telegram (see [`BotApiError::outcome_unknown`]).
     #[error("Bot API {method} network error: {message}")]
-    Network { method: String, message: String },
+    Network {
+        method: String,
+        message: String,
+        maybe_sent: bool,
+    },
     #[error("Bot API {method} answered HTTP {status} with an unreadable body: {detail}")]
     InvalidResponse {
         method: String,
@@ -50,13 +56,13 @@ impl BotApiError {
         self.code() == Some(401)
     }
 
-    /// Telegram asked us to wait (429 with `parameters.retry_after`).
     /// Telegram refuses `getUpdates` because a webhook is set: something
     /// else registered one with this token.
     pub fn is_webhook_active(&self) -> bool {
         matches!(self, Self::Api { code: 409, description, .. } if description.contains("webhook is active"))
     }
 
+    /// Telegram asked us to wait (429 with `parameters.retry_after`).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Api {
@@ -73,6 +79,21 @@ impl BotApiError {
         match self {
             Self::Network { .. } => true,
             Self::Api { code, .. } | Self::InvalidResponse { status: code, .. } => *code >= 500,
+        }
+    }
+
+    /// The request may have been carried out although no verdict came
+    /// back: it was sent and then the answer timed out or the connection
+    /// broke mid-answer, or a gateway (504) gave up waiting for Telegram's
+    /// back end, which may still act on it. Telegram has no idempotency key
+    /// for sends, so a caller whose request is not idempotent (a message)
+    /// must not resend it blindly: the user may already have it. A connect
+    /// failure (refused, DNS, TLS, connect timeout) never reached Telegram
+    /// and is not unknown.
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Self::Network { maybe_sent, .. } => *maybe_sent,
+            Self::Api { code, .. } | Self::InvalidResponse { status: code, .. } => *code == 504,
         }
     }
 
@@ -143,6 +164,14 @@ impl std::fmt::Debug for BotApi {
 /// Default per-request timeout; long polls add their own `timeout` on top.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Timeout for sends (messages). Longer than [`REQUEST_TIMEOUT`] because a
+/// send that times out has an unknown outcome and is not resent (see
+/// [`BotApiError::outcome_unknown`]): waiting out a slow Telegram (stalls of
+/// 30 s have been seen) gets a known answer, where giving up early leaves
+/// the user with a reply nobody can confirm. Still bounded, so a hung
+/// connection frees its handler slot within a minute.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl BotApi {
     pub fn new(api_url: &Url, token: &BotToken) -> Self {
         let http = reqwest::Client::builder()
@@ -211,12 +240,18 @@ impl BotApi {
     }
 
     fn network(&self, method: &str, e: reqwest::Error) -> BotApiError {
-        let kind = if e.is_timeout() {
-            "timed out"
-        } else if e.is_connect() {
+        // A connect error (refused, DNS, TLS, connect timeout) or a request
+        // that could not be built never left this process; anything after
+        // that (a timeout waiting for the answer, a reset mid-answer) may
+        // have reached Telegram. Connect is checked first: a connect
+        // timeout is both.
+        let maybe_sent = !(e.is_connect() || e.is_builder());
+        let kind = if e.is_connect() {
             "could not connect"
+        } else if e.is_timeout() {
+            "timed out waiting for the answer"
         } else {
-            "request failed"
+            "connection broke before the answer"
         };
         let mut message = kind.to_owned();
         let detail = e.without_url().to_string();
@@ -226,6 +261,7 @@ impl BotApi {
         BotApiError::Network {
             method: method.to_owned(),
             message: self.scrub(&message),
+            maybe_sent,
         }
     }
 
@@ -267,6 +303,61 @@ mod tests {
         assert!(matches!(err, BotApiError::Network { .. }), "{text}");
         assert!(!text.contains("SECRETsecretSECRET"), "{text}");
         assert!(err.is_transient());
+        assert!(
+            !err.outcome_unknown(),
+            "a refused connect never reached Telegram"
+        );
+    }
+
+    /// A server that reads each request and then, per `answer`, stays
+    /// silent (`None`) or writes those bytes and closes the connection.
+    async fn server(answer: Option<&'static [u8]>) -> Url {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    match answer {
+                        Some(bytes) => {
+                            let _ = sock.write_all(bytes).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(30)).await,
+                    }
+                });
+            }
+        });
+        Url::parse(&format!("http://{addr}")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_answer_never_comes_has_an_unknown_outcome() {
+        let token = BotToken::parse("999:SECRETsecretSECRET").unwrap();
+        let silent = BotApi::new(&server(None).await, &token);
+        let err = silent
+            .call_with_timeout::<_, serde_json::Value>(
+                "sendMessage",
+                &serde_json::json!({}),
+                Duration::from_millis(300),
+            )
+            .await
+            .unwrap_err();
+        assert!(err.outcome_unknown(), "timed out after sending: {err}");
+        assert!(!format!("{err:?}").contains("SECRETsecretSECRET"));
+
+        // Headers came, then the connection broke mid-body.
+        let cut = BotApi::new(
+            &server(Some(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"ok\":tr",
+            ))
+            .await,
+            &token,
+        );
+        let err = cut.get_me().await.unwrap_err();
+        assert!(err.outcome_unknown(), "reset mid-answer: {err}");
+        assert!(err.is_transient(), "an idempotent call may still retry it");
     }
 
     #[test]
@@ -280,7 +371,12 @@ mod tests {
         };
         assert_eq!(e(429).retry_after(), Some(Duration::from_secs(3)));
         assert!(e(403).is_final_for_request() && !e(403).is_transient());
-        assert!(e(502).is_transient());
+        assert!(e(502).is_transient() && !e(502).outcome_unknown());
+        assert!(
+            e(504).outcome_unknown(),
+            "a gateway gave up; the back end may act"
+        );
+        assert!(!e(400).outcome_unknown() && !e(429).outcome_unknown());
         assert!(e(401).is_unauthorized());
     }
 }

@@ -414,6 +414,13 @@ pub struct Faults {
     pub stalled_chats: HashSet<i64>,
     /// sendMessage calls taken by `stalled_chats` so far.
     pub stalled_calls: usize,
+    /// Telegram slow to answer: every sendMessage is carried out at once
+    /// (recorded; the user has the message) and its answer is held this
+    /// long. A client that gives up first cannot know it was sent.
+    pub send_answer_delay: Duration,
+    /// sendMessage to these chats is carried out (the user has it), then
+    /// the connection is cut halfway through the answer.
+    pub cut_send_answers: HashSet<i64>,
     /// Added to every call except getUpdates (which long-polls anyway).
     pub delay: Duration,
     /// Each sendMessage additionally waits a random time, uniform in
@@ -449,6 +456,8 @@ impl Default for Faults {
             server_error_status: 500,
             stalled_chats: HashSet::new(),
             stalled_calls: 0,
+            send_answer_delay: Duration::ZERO,
+            cut_send_answers: HashSet::new(),
             delay: Duration::ZERO,
             send_jitter: Duration::ZERO,
             server_error_replies: HashSet::new(),
@@ -791,6 +800,16 @@ impl FakeBotApi {
         self.faults(|f| f.stalled_chats.insert(chat_id));
     }
 
+    /// Every sendMessage is carried out at once and answered after `d`.
+    pub fn slow_send_answers(&self, d: Duration) {
+        self.faults(|f| f.send_answer_delay = d);
+    }
+
+    /// sendMessage to `chat_id` is carried out, then its answer is cut.
+    pub fn cut_send_answers(&self, chat_id: i64) {
+        self.faults(|f| f.cut_send_answers.insert(chat_id));
+    }
+
     /// sendMessage calls that hung so far.
     pub fn stalled_calls(&self) -> usize {
         self.faults(|f| f.stalled_calls)
@@ -1010,6 +1029,21 @@ async fn handle(
     let (method_name, answer, params) = route(&st, &path, &uri, &headers, &body).await;
     let status = answer.status();
     let body_json = answer.body();
+    // Decided before the record: the call is carried out (recorded) even
+    // if its answer then comes late or never.
+    let (hold, cut) = {
+        let f = lock(&st.faults);
+        let send = method_name == "sendMessage";
+        let chat = params.get("chat_id").and_then(chat_i64);
+        (
+            if send {
+                f.send_answer_delay
+            } else {
+                Duration::ZERO
+            },
+            send && chat.is_some_and(|c| f.cut_send_answers.contains(&c)),
+        )
+    };
     lock(&st.calls).push(Call {
         method: method_name,
         params: Value::Object(params),
@@ -1017,7 +1051,27 @@ async fn handle(
         status,
         response: body_json.clone(),
     });
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+    }
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if cut {
+        // Headers and half the body, then the stream fails: hyper aborts
+        // the connection, as a reset mid-answer would.
+        let text = body_json.to_string();
+        let half = Bytes::from(text.as_bytes()[..text.len() / 2].to_vec());
+        let parts: Vec<Result<Bytes, std::io::Error>> =
+            vec![Ok(half), Err(std::io::Error::other("connection cut"))];
+        return (
+            code,
+            [
+                (header::CONTENT_TYPE, "application/json".to_owned()),
+                (header::CONTENT_LENGTH, text.len().to_string()),
+            ],
+            axum::body::Body::from_stream(futures::stream::iter(parts)),
+        )
+            .into_response();
+    }
     match answer {
         Answer::Html(_, page) => {
             (code, [(header::CONTENT_TYPE, "text/html")], page).into_response()

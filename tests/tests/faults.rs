@@ -163,6 +163,25 @@ async fn blocked_and_missing_chats_end_the_update() {
         logs.contains("blocked") || logs.contains("403"),
         "the reason is logged"
     );
+    // "command answered" means the user got the reply: only for `fine`.
+    let lines = |needle: &str, chat: i64| {
+        logs.lines()
+            .filter(|l| l.contains(needle) && l.contains(&format!("chat_id={chat}")))
+            .count()
+    };
+    let answered: Vec<usize> = [blocked, missing, fine]
+        .iter()
+        .map(|&c| lines("command answered", c))
+        .collect();
+    println!("'command answered' lines for blocked/missing/fine chats: {answered:?}");
+    assert_eq!(answered, [0, 0, 1], "refused replies are not 'answered'");
+    for chat in [blocked, missing] {
+        assert_eq!(
+            lines("reply refused", chat),
+            1,
+            "chat {chat}: the refusal is logged"
+        );
+    }
     s.assert_clean();
 }
 

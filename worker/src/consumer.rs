@@ -299,6 +299,8 @@ impl Consumer {
     async fn deliver(&self, entry: Entry, permit: OwnedSemaphorePermit, known_done: Option<bool>) {
         let mut permit = Some(permit);
         let mut known_done = known_done;
+        let mut lookup_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut lookup_deadline = None;
         loop {
             // Cheap pre-check (made by the park pass for ordered entries, so
             // at no extra round trip); the authoritative one is in the
@@ -307,7 +309,31 @@ impl Consumer {
                 Some(d) => Ok(d),
                 None => self.store.is_done(entry.update_id).await,
             };
-            if let Ok(true) = done {
+            let done = match done {
+                Ok(d) => d,
+                // Unknown whether it was handled: running the handler could
+                // answer twice. Not the update's failure - ask again with
+                // the slot freed; after a minute it stays pending for a
+                // later delivery.
+                Err(e) => {
+                    let wait = lookup_backoff.next_delay();
+                    let deadline = *lookup_deadline
+                        .get_or_insert_with(|| Instant::now() + Duration::from_secs(60));
+                    if Instant::now() + wait > deadline {
+                        warn!(error = %e, "cannot tell whether the update was handled; it stays pending");
+                        break;
+                    }
+                    debug!(error = %e, "cannot tell whether the update was handled; asking again in {wait:?}");
+                    drop(permit.take());
+                    tokio::time::sleep(wait).await;
+                    match self.slots.clone().acquire_owned().await {
+                        Ok(p) => permit = Some(p),
+                        Err(_) => break,
+                    }
+                    continue;
+                }
+            };
+            if done {
                 let (fresh, _) = self.finish(&entry, None).await;
                 if !fresh {
                     self.metrics.deduplicated.inc();

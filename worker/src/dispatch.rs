@@ -31,6 +31,9 @@ pub enum Outcome {
     Counted,
     /// Telegram refused the reply for good (blocked, chat not found).
     Refused,
+    /// The reply may have gone out but no verdict came back, so the user
+    /// may or may not have it. Not resent (see `SendError::Unknown`).
+    Unknown,
 }
 
 impl Outcome {
@@ -39,6 +42,7 @@ impl Outcome {
             Outcome::Replied => "replied",
             Outcome::Counted => "counted",
             Outcome::Refused => "refused",
+            Outcome::Unknown => "unknown",
         }
     }
 }
@@ -99,7 +103,10 @@ impl<S: Send + Sync + 'static> Router<S> {
         // a `serde_json::Value` as an unknown kind.
         let typed = match serde_json::from_str::<Update>(&text) {
             Ok(u) if matches!(u.kind, UpdateKind::Error(_)) => {
-                debug!("update kind unknown to the typed model; delivered as raw");
+                // teloxide-core turns a payload it cannot read (a new kind,
+                // or a field it models differently) into this variant.
+                warn!(error = "the payload does not match the typed model", kind = %first_key(&text),
+                    "the typed model cannot parse this update; delivered as raw");
                 None
             }
             Ok(u) => Some(u),
@@ -224,6 +231,14 @@ impl<S: Send + Sync + 'static> Router<S> {
                         user,
                     });
                 }
+                Err(SendError::Unknown(e)) => {
+                    warn!(command = command.as_deref().unwrap_or(""), chat_id = target.chat_id(), reason = %e,
+                        "reply outcome unknown (the user may have it); update ends here, not resent");
+                    return Ok(Handled {
+                        outcome: Outcome::Unknown,
+                        user,
+                    });
+                }
                 Err(e) => return Err(HandlerError::retry(e)),
             }
         }
@@ -250,6 +265,14 @@ impl<S: Send + Sync + 'static> Router<S> {
             .find(|(c, _)| c.name == "help")
             .map(|(_, h)| h.clone())
     }
+}
+
+/// The update's kind for a log line, without parsing the JSON again.
+fn first_key(text: &str) -> String {
+    serde_json::from_str::<serde_json::Map<String, Value>>(text)
+        .ok()
+        .and_then(|m| m.keys().find(|k| k.as_str() != "update_id").cloned())
+        .unwrap_or_default()
 }
 
 fn counted(user: Option<UserTouch>) -> Handled {

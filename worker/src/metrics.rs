@@ -21,6 +21,7 @@ pub struct Metrics {
     pub reclaimed: Counter,
     pub sent: Counter,
     pub rate_limited: Counter,
+    pub sends_unknown: Counter,
     pub latency: Histogram,
     pub queue_depth: Gauge,
     pub lag: Gauge,
@@ -37,16 +38,18 @@ impl Default for Metrics {
         let reclaimed = Counter::default();
         let sent = Counter::default();
         let rate_limited = Counter::default();
-        // 1 ms .. ~16 s: handlers wait on Telegram, sometimes on a 429.
+        let sends_unknown = Counter::default();
+        // 1 ms .. ~65 s: handlers wait on Telegram (a send up to 60 s),
+        // sometimes on a 429.
         let latency = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
-            0.001, 2.0, 15,
+            0.001, 2.0, 17,
         ));
         let queue_depth = Gauge::default();
         let lag = Gauge::default();
         let pending = Gauge::default();
         registry.register(
             "worker_updates_handled",
-            "Updates handled, by outcome (replied, counted, refused)",
+            "Updates handled, by outcome (replied, counted, refused, unknown)",
             handled.clone(),
         );
         registry.register(
@@ -80,6 +83,11 @@ impl Default for Metrics {
             rate_limited.clone(),
         );
         registry.register(
+            "worker_bot_api_sends_unknown",
+            "Bot API sends with no verdict (answer timed out or cut after sending): maybe delivered, never resent",
+            sends_unknown.clone(),
+        );
+        registry.register(
             "worker_handler_duration_seconds",
             "Time from taking an update to its end",
             latency.clone(),
@@ -108,6 +116,7 @@ impl Default for Metrics {
             reclaimed,
             sent,
             rate_limited,
+            sends_unknown,
             latency,
             queue_depth,
             lag,

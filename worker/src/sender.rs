@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use shared::botapi::{BotApi, BotApiError};
+use shared::botapi::{BotApi, BotApiError, SEND_TIMEOUT};
 use shared::store::{Budget, Store, StoreError};
 
 use crate::metrics::Metrics;
@@ -24,7 +24,9 @@ const GROUP_INTERVAL_US: u64 = 3_500_000;
 const GROUP_BURST: u64 = 3;
 /// Short bursts above the steady rate, as Telegram tolerates.
 const GLOBAL_BURST: u64 = 5;
-/// Transient failures (5xx, network) retried inside one delivery.
+/// Transient failures retried inside one delivery: those Telegram
+/// answered (5xx) or that never reached it (connect errors). A failure
+/// with an unknown outcome is never retried (see [`SendError::Unknown`]).
 const TRANSIENT_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,13 @@ pub enum SendError {
     /// Still failing after retries: counts toward dead-lettering.
     #[error("{0}")]
     Transient(BotApiError),
+    /// The request may have reached Telegram but no verdict came back (the
+    /// answer timed out or the connection broke after sending). Telegram
+    /// has no idempotency key for sends, so resending could give the user
+    /// a second copy; the caller ends the update instead, and the message
+    /// was sent at most once.
+    #[error("outcome unknown, not resent: {0}")]
+    Unknown(BotApiError),
     #[error("send budget unavailable: {0}")]
     Store(StoreError),
 }
@@ -79,9 +88,11 @@ impl Sender {
     }
 
     /// Calls `method` for `chat_id`: 429 waits as asked and is not a
-    /// failure; 5xx and network errors are retried with backoff; 400/403
-    /// come back as [`SendError::Final`]. A group upgraded to a supergroup
-    /// (400 with `migrate_to_chat_id`) is followed once.
+    /// failure; 5xx and connect errors are retried with backoff; 400/403
+    /// come back as [`SendError::Final`]; a request that may have been
+    /// carried out without a verdict comes back as [`SendError::Unknown`]
+    /// at once, never resent. A group upgraded to a supergroup (400 with
+    /// `migrate_to_chat_id`) is followed once.
     pub async fn send(
         &self,
         method: &str,
@@ -93,7 +104,11 @@ impl Sender {
         let mut migrated = false;
         loop {
             self.admit(chat_id).await.map_err(SendError::Store)?;
-            match self.api.call::<_, Value>(method, &params).await {
+            match self
+                .api
+                .call_with_timeout::<_, Value>(method, &params, SEND_TIMEOUT)
+                .await
+            {
                 Ok(v) => {
                     metrics.sent.inc();
                     return Ok(v);
@@ -125,6 +140,10 @@ impl Sender {
                             params["chat_id"] = Value::from(*new_id);
                             continue;
                         }
+                    }
+                    if e.outcome_unknown() {
+                        metrics.sends_unknown.inc();
+                        return Err(SendError::Unknown(e));
                     }
                     if e.is_transient() {
                         transient += 1;

@@ -1,0 +1,220 @@
+//! The consumer's "already handled?" lookup failing (Redis hiccup) must not
+//! let the handler run: an update whose state is unknown may already have
+//! been answered. In-process: the real consumer over a `MemoryStore` whose
+//! `is_done` fails a few times.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use shared::envelope::{probe, Enqueued, Entry, Probe};
+use shared::stats::{BotStats, UserRecord};
+use shared::store::{
+    Budget, Claimed, ConsumerInfo, DeadLetterRequest, Depth, Head, MemoryStore, Read, Store,
+    StoreError, StoreFuture, UserTouch,
+};
+use worker::consumer::{Consumer, Settings};
+use worker::dispatch::{Handled, Handler, Outcome};
+use worker::metrics::Metrics;
+use worker::HandlerError;
+
+/// `MemoryStore`, except that the first `failing` lookups fail.
+struct FlakyLookups {
+    inner: MemoryStore,
+    failing: usize,
+    lookups: AtomicUsize,
+    failures_counted: AtomicUsize,
+}
+
+impl Store for FlakyLookups {
+    fn kind(&self) -> &'static str {
+        "flaky"
+    }
+    fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
+        if self.lookups.fetch_add(1, Ordering::SeqCst) < self.failing {
+            return Box::pin(async { Err(StoreError::Timeout) });
+        }
+        self.inner.is_done(update_id)
+    }
+    fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64> {
+        self.failures_counted.fetch_add(1, Ordering::SeqCst);
+        self.inner.count_failure(entry_id)
+    }
+    fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
+        self.inner.enqueue(probe, raw)
+    }
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.inner.ping()
+    }
+    fn depth(&self) -> StoreFuture<'_, Depth> {
+        self.inner.depth()
+    }
+    fn get(&self, key: &str) -> StoreFuture<'_, Option<String>> {
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &str) -> StoreFuture<'_, ()> {
+        self.inner.set(key, value)
+    }
+    fn try_lock(&self, key: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'_, bool> {
+        self.inner.try_lock(key, holder, ttl_ms)
+    }
+    fn lease(&self, key: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'_, bool> {
+        self.inner.lease(key, holder, ttl_ms)
+    }
+    fn release(&self, key: &str, holder: &str) -> StoreFuture<'_, ()> {
+        self.inner.release(key, holder)
+    }
+    fn join_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, ()> {
+        self.inner.join_group(consumer)
+    }
+    fn read_new<'a>(
+        &'a self,
+        consumer: &'a str,
+        count: usize,
+        block_ms: u64,
+    ) -> StoreFuture<'a, Read> {
+        self.inner.read_new(consumer, count, block_ms)
+    }
+    fn autoclaim<'a>(
+        &'a self,
+        consumer: &'a str,
+        min_idle_ms: u64,
+        cursor: &'a str,
+        count: usize,
+    ) -> StoreFuture<'a, Claimed> {
+        self.inner.autoclaim(consumer, min_idle_ms, cursor, count)
+    }
+    fn delivery_counts<'a>(&'a self, ids: &'a [String]) -> StoreFuture<'a, Vec<(String, u64)>> {
+        self.inner.delivery_counts(ids)
+    }
+    fn heartbeat<'a>(&'a self, consumer: &'a str, ids: &'a [String]) -> StoreFuture<'a, ()> {
+        self.inner.heartbeat(consumer, ids)
+    }
+    fn finish<'a>(
+        &'a self,
+        entry: &'a Entry,
+        user: Option<&'a UserTouch>,
+    ) -> StoreFuture<'a, (bool, Option<String>)> {
+        self.inner.finish(entry, user)
+    }
+    fn dead_letter<'a>(&'a self, dead: DeadLetterRequest<'a>) -> StoreFuture<'a, ()> {
+        self.inner.dead_letter(dead)
+    }
+    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>> {
+        self.inner.consumers()
+    }
+    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.leave_group(consumer)
+    }
+    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
+        self.inner.mark_alive(consumer, ttl)
+    }
+    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.delete_consumer(name)
+    }
+    fn heads<'a>(&'a self, chats: &'a [(String, i64)]) -> StoreFuture<'a, Vec<Head>> {
+        self.inner.heads(chats)
+    }
+    fn heal_head<'a>(&'a self, key: &'a str, head: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.heal_head(key, head)
+    }
+    fn user(&self, user_id: i64) -> StoreFuture<'_, Option<UserRecord>> {
+        self.inner.user(user_id)
+    }
+    fn bot_stats(&self, now_ms: i64) -> StoreFuture<'_, BotStats> {
+        self.inner.bot_stats(now_ms)
+    }
+    fn admit(&self, budget: Budget) -> StoreFuture<'_, u64> {
+        self.inner.admit(budget)
+    }
+}
+
+/// Records, for each run, how many lookups had been made by then.
+struct Recorder {
+    store: Arc<FlakyLookups>,
+    runs: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Handler for Recorder {
+    fn handle<'a>(&'a self, _entry: &'a Entry) -> BoxFuture<'a, Result<Handled, HandlerError>> {
+        let seen = self.store.lookups.load(Ordering::SeqCst);
+        self.runs.lock().unwrap().push(seen);
+        Box::pin(async {
+            Ok(Handled {
+                outcome: Outcome::Replied,
+                user: None,
+            })
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_failed_already_handled_lookup_does_not_run_the_handler() {
+    let failing = 3;
+    let store = Arc::new(FlakyLookups {
+        inner: MemoryStore::new(),
+        failing,
+        lookups: AtomicUsize::new(0),
+        failures_counted: AtomicUsize::new(0),
+    });
+    let raw = br#"{"update_id":41,"message":{"message_id":1,"chat":{"id":9,"type":"private"},"text":"/help"}}"#;
+    store
+        .enqueue(&probe(raw).unwrap(), raw)
+        .await
+        .expect("enqueue");
+    let handler = Arc::new(Recorder {
+        store: store.clone(),
+        runs: Default::default(),
+    });
+    let metrics = Arc::new(Metrics::default());
+    let consumer = Consumer::new(
+        Settings {
+            name: "w1".into(),
+            concurrency: 2,
+            max_deliveries: 5,
+            claim_idle: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+            // Unordered: the lookup under test is the consumer's own, not
+            // the one that rides along with the chat-head check.
+            per_chat_order: false,
+        },
+        store.clone(),
+        handler.clone(),
+        metrics.clone(),
+    );
+    let cancel = CancellationToken::new();
+    let run = tokio::spawn(consumer.run(cancel.clone()));
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) && !store.inner.is_done(41).await.unwrap() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .expect("the consumer stops")
+        .unwrap();
+
+    let runs = handler.runs.lock().unwrap().clone();
+    println!(
+        "lookups failed {failing} times; handler runs: {} (after lookup #{:?}); failures counted: {}; handled after {:?}",
+        runs.len(),
+        runs,
+        store.failures_counted.load(Ordering::SeqCst),
+        started.elapsed()
+    );
+    assert_eq!(runs.len(), 1, "handled exactly once: {runs:?}");
+    assert!(
+        runs[0] > failing,
+        "the handler ran only after a lookup succeeded: {runs:?}"
+    );
+    assert_eq!(
+        store.failures_counted.load(Ordering::SeqCst),
+        0,
+        "a failed lookup is not the update's failure"
+    );
+    assert!(store.inner.is_done(41).await.unwrap());
+    assert_eq!(metrics.failed.get(), 0);
+}
