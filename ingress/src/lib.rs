@@ -97,6 +97,7 @@ pub async fn serve_with(
                                 url,
                                 &cfg.webhook_secret,
                                 cfg.drop_pending_updates,
+                                cfg.instance.as_str(),
                             )
                             .await?;
                             match cfg.webhook_check {
@@ -107,6 +108,7 @@ pub async fn serve_with(
                                         url,
                                         &cfg.webhook_secret,
                                         every,
+                                        cfg.instance.as_str(),
                                         &cancel,
                                     )
                                     .await
@@ -119,7 +121,7 @@ pub async fn serve_with(
                                 api: api.clone(),
                                 store: store.clone(),
                                 metrics,
-                                instance: instance_name(),
+                                instance: cfg.instance.to_string(),
                             };
                             poller.run(cancel).await
                         }
@@ -143,13 +145,4 @@ pub async fn serve_with(
     }
     info!("ingress stopped");
     Ok(())
-}
-
-/// A name unique to this process, for leases and logs.
-pub fn instance_name() -> String {
-    let host = std::env::var("RAILWAY_REPLICA_ID")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "local".into());
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &id[..8])
 }

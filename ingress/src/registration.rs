@@ -158,6 +158,7 @@ pub async fn configure_webhook(
     url: &Url,
     secret: &str,
     drop_pending: bool,
+    holder: &str,
 ) -> Result<(), SetupError> {
     info!("Setting up Telegram bot via webhook...");
     info!("Webhook URL: {url}");
@@ -182,15 +183,14 @@ pub async fn configure_webhook(
             info!("Webhook already set: {url} (configuration unchanged)");
             break;
         }
-        let holder = std::process::id().to_string();
-        let lock = store.try_lock(keys::WEBHOOK_LOCK, &holder, 30_000).await;
+        let lock = store.try_lock(keys::WEBHOOK_LOCK, holder, 30_000).await;
         match lock {
             Ok(true) => {
                 let result = set_webhook(api, url, secret, drop_pending, None).await;
                 if result.is_ok() {
                     let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
                 }
-                let _ = store.release(keys::WEBHOOK_LOCK, &holder).await;
+                let _ = store.release(keys::WEBHOOK_LOCK, holder).await;
                 result?;
                 info!("Webhook set: {url}");
                 break;
@@ -242,10 +242,10 @@ pub async fn watch_webhook(
     url: &Url,
     secret: &str,
     every: Duration,
+    holder: &str,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), SetupError> {
     let fp = fingerprint(url, secret);
-    let holder = format!("watch-{}", std::process::id());
     let mut last_error_date: Option<i64> = None;
     let mut first = true;
     loop {
@@ -288,7 +288,7 @@ pub async fn watch_webhook(
             Ok(_) => {}
             Err(_) => continue,
         }
-        match store.try_lock(keys::WEBHOOK_LOCK, &holder, 30_000).await {
+        match store.try_lock(keys::WEBHOOK_LOCK, holder, 30_000).await {
             Ok(true) => {}
             // Another replica is on it, or Redis is away: next time.
             _ => continue,
@@ -309,7 +309,7 @@ pub async fn watch_webhook(
             Ok(())
         }
         .await;
-        let _ = store.release(keys::WEBHOOK_LOCK, &holder).await;
+        let _ = store.release(keys::WEBHOOK_LOCK, holder).await;
         match result {
             Err(SetupError::Unauthorized) => return Err(SetupError::Unauthorized),
             Err(e) => warn!(error = %e, "webhook check: could not set the webhook again"),

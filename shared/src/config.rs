@@ -108,6 +108,9 @@ pub struct Config {
     pub initdata_max_age: Duration,
     /// Keep each chat's updates in acceptance order across workers.
     pub per_chat_order: bool,
+    /// This process's identity (consumer name, leases, locks); the
+    /// all-in-one's ingress and worker share it.
+    pub instance: crate::instance::Instance,
 }
 
 impl fmt::Debug for Config {
@@ -301,6 +304,7 @@ impl Config {
 
         Ok(Self {
             per_chat_order,
+            instance: crate::instance::Instance::new(),
             token: if disabled { None } else { token },
             disabled,
             webhook_url,

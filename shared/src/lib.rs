@@ -7,6 +7,7 @@
 pub mod botapi;
 pub mod config;
 pub mod envelope;
+pub mod instance;
 pub mod keys;
 pub mod redis_conn;
 pub mod secret;

@@ -69,14 +69,6 @@ pub enum WorkerError {
 /// reclaimed by another worker.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-pub fn consumer_name() -> String {
-    let host = std::env::var("RAILWAY_REPLICA_ID")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "worker".into());
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}-{}-{}", std::process::id(), &id[..8])
-}
-
 /// Runs `bot` against the Redis at `REDIS_URL` (the production path).
 pub async fn run<S: Send + Sync + 'static>(
     config: Config,
@@ -161,7 +153,7 @@ pub async fn run_with<S: Send + Sync + 'static>(
     let username = me.username.clone().unwrap_or_default();
     info!("Telegram bot initialized: @{username}");
 
-    let name = consumer_name();
+    let name = config.instance.to_string();
     let engine = Arc::new(ctx::Engine {
         username,
         api: api.clone(),
