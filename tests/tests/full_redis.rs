@@ -262,3 +262,72 @@ async fn a_full_redis_drains_its_backlog_and_answers_every_update_once() {
     assert_eq!(a.answered, burst.len() - poison_chats.len());
     s.assert_clean();
 }
+
+/// The finish must outlast any refusal: a worker that gave up after a
+/// while and let the entry go had it reclaimed and answered twice (the
+/// issue: 8 of 162 users). `min-replicas-to-write` makes Redis refuse
+/// every write - the finish, the heartbeat, the reclaim - for longer than
+/// the minute the old code waited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_finish_refused_for_over_a_minute_never_answers_twice() {
+    const REFUSED_FOR: Duration = Duration::from_secs(75);
+    let Some(s) = Stack::builder()
+        .worker_env("WORKER_CLAIM_IDLE_MS", CLAIM_IDLE_MS)
+        .start()
+        .await
+    else {
+        return;
+    };
+    let mut burst = Burst::private(0, 0);
+    let u = private_command(next_update_id(), 7_500_000, "Patient", Some("en"), "/help");
+    burst.push(u.clone());
+    // The reply takes a while, so writes can be refused while it is on
+    // its way: the finish right after it is the first write refused.
+    s.api.set_delay(Duration::from_secs(2));
+    s.post_ok(&u).await;
+    let url = s.redis.url();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move { queue_state(&url).await.is_some_and(|q| q.pending == 1) }
+        })
+        .await,
+        "the update was not delivered\n{}",
+        s.logs_tail()
+    );
+    let mut c = s.redis_conn().await;
+    let set_min_replicas = |n: &'static str| {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("min-replicas-to-write")
+            .arg(n)
+            .clone()
+    };
+    let _: () = set_min_replicas("1")
+        .query_async(&mut c)
+        .await
+        .expect("CONFIG SET");
+    s.wait_calls("the reply", Duration::from_secs(30), |calls| {
+        calls.iter().any(|c| c.ok() && c.method == "sendMessage")
+    })
+    .await;
+    tokio::time::sleep(REFUSED_FOR).await;
+    let _: () = set_min_replicas("0")
+        .query_async(&mut c)
+        .await
+        .expect("CONFIG SET");
+    s.api.set_delay(Duration::ZERO);
+
+    s.wait_drained(Duration::from_secs(30)).await;
+    // A reclaim, had the entry been let go, comes within a claim period.
+    tokio::time::sleep(Duration::from_millis(
+        3 * CLAIM_IDLE_MS.parse::<u64>().expect("ms"),
+    ))
+    .await;
+    let a = account(&s, &burst).await;
+    a.print("finish_refused_75s");
+    assert_eq!(a.duplicates, 0, "answered twice: {:?}", a.repeated);
+    assert_eq!(a.answered, 1);
+    assert_eq!(s.counter("updates_handled").await, 1);
+    s.assert_clean();
+}
