@@ -400,7 +400,9 @@ impl Consumer {
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let started = Instant::now();
         let mut next_report = Duration::from_secs(60);
+        let mut tries = 0u32;
         loop {
+            tries += 1;
             match self.store.finish(entry, user).await {
                 Ok(fresh) => {
                     if started.elapsed() >= Duration::from_secs(60) {
@@ -412,7 +414,13 @@ impl Consumer {
                     return fresh;
                 }
                 Err(e) if started.elapsed() < next_report => {
-                    warn!(error = %e, "could not mark the update handled; retrying");
+                    // Once per entry and then once a minute: a long refusal
+                    // must not flood the log with a line per retry.
+                    if tries == 1 {
+                        warn!(error = %e, "could not mark the update handled; retrying");
+                    } else {
+                        debug!(error = %e, "could not mark the update handled; retrying");
+                    }
                 }
                 Err(e) => {
                     next_report += Duration::from_secs(60);
