@@ -16,7 +16,7 @@ use tracing::{debug, warn, Instrument};
 
 use shared::envelope::{self, BadUpdate, Enqueued};
 use shared::secret::ct_eq;
-use shared::store::Store;
+use shared::store::{Store, StoreError};
 
 use crate::metrics::Metrics;
 use crate::server::BODY_TIMEOUT;
@@ -130,6 +130,11 @@ async fn webhook(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body
                 debug!("update already stored; resend acknowledged");
                 StatusCode::OK.into_response()
             }
+            Err(e) if e.is_out_of_memory() => {
+                st.metrics.reject("redis_full");
+                warn!("Redis is full (maxmemory); answering 503 until workers free memory");
+                unavailable("queue full, retry later")
+            }
             Err(e) => {
                 st.metrics.reject("redis_unavailable");
                 warn!(error = %e, "could not store update; answering 503");
@@ -141,11 +146,24 @@ async fn webhook(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body
     .await
 }
 
+/// Ready means "an update posted now would be stored": a full Redis
+/// answers PING while refusing every update, so the write check counts too.
+/// A write check refused by an ACL says nothing about the queue and is
+/// ignored.
 async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    if st.store.ping().await.is_ok() {
-        "ready\n".into_response()
-    } else {
-        unavailable("redis unreachable")
+    if st.store.ping().await.is_err() {
+        return unavailable("redis unreachable");
+    }
+    match st.store.accepts_writes().await {
+        Err(e) if e.is_out_of_memory() => {
+            unavailable("redis is full (maxmemory): updates are refused")
+        }
+        Err(StoreError::Redis(e)) if e.code() == Some("NOPERM") => "ready\n".into_response(),
+        Err(e) => {
+            debug!(error = %e, "Redis refuses writes");
+            unavailable("redis refuses writes")
+        }
+        Ok(()) => "ready\n".into_response(),
     }
 }
 

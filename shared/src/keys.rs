@@ -98,6 +98,10 @@ pub const MENU_FINGERPRINT: &str = "tgbot:menu:fingerprint";
 pub const POLLER_LEASE: &str = "tgbot:poller:lease";
 pub const POLLER_OFFSET: &str = "tgbot:poller:offset";
 
+/// Never created: the ingress's readiness check writes nothing to it (an
+/// empty SETRANGE) to learn whether Redis would accept a write.
+pub const WRITE_PROBE: &str = "tgbot:write-probe";
+
 /// Shared send budget (GCRA state) for the whole bot and per chat.
 pub const RATE_GLOBAL: &str = "tgbot:rate:global";
 pub fn rate_chat(chat_id: i64) -> String {

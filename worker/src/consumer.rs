@@ -301,6 +301,7 @@ impl Consumer {
         let mut known_done = known_done;
         let mut lookup_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut lookup_deadline = None;
+        let mut attempts = 0u64;
         loop {
             // Cheap pre-check (made by the park pass for ordered entries, so
             // at no extra round trip); the authoritative one is in the
@@ -376,8 +377,13 @@ impl Consumer {
                 Err(panic) => format!("handler panicked: {}", panic_message(&panic)),
             };
             self.metrics.failed.inc();
+            attempts += 1;
             let failures = match self.store.count_failure(&entry.id).await {
-                Ok(n) => n,
+                Ok(n) => n.max(attempts),
+                // A full Redis refuses the count but still takes the dead
+                // letter (which frees the entry): count the attempts made
+                // here, so a poison update still ends instead of cycling.
+                Err(e) if e.is_out_of_memory() => attempts,
                 Err(e) => {
                     // Cannot even count: leave the entry pending; once Redis
                     // is back, the reclaimer hands it out again.
@@ -411,25 +417,49 @@ impl Consumer {
         self.wake.notify_one();
     }
 
-    /// Runs the finish script until it succeeds (a reply already went out:
-    /// losing the "handled" mark would send it again). Gives up only after
-    /// a minute of outage; the entry then stays pending. Returns whether the
-    /// update was fresh (not handled before).
+    /// Runs the finish script until it succeeds. A reply already went out,
+    /// so there is no safe way to give up: an entry released without its
+    /// finish is reclaimed and, its done bit unset, answered again. Until
+    /// then the entry stays in flight here - the heartbeat keeps it from
+    /// being reclaimed, the handler slot stays taken (a Redis that cannot
+    /// finish entries gets no new ones from this worker) - and a shutdown
+    /// leaves it pending after the grace period, like a crash would. Each
+    /// try is bounded by the store's command timeout; the waits between
+    /// tries are short, to finish soon after Redis is back and before any
+    /// other worker could reclaim the entry. Returns whether the update was
+    /// fresh (not handled before) and its chat's next entry.
     async fn finish(&self, entry: &Entry, user: Option<&UserTouch>) -> (bool, Option<String>) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let started = Instant::now();
+        let mut next_report = Duration::from_secs(60);
+        let mut tries = 0u32;
         loop {
+            tries += 1;
             match self.store.finish(entry, user).await {
-                Ok(fresh) => return fresh,
-                Err(e) if Instant::now() < deadline => {
-                    warn!(error = %e, "could not mark the update handled; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                Ok(fresh) => {
+                    if started.elapsed() >= Duration::from_secs(60) {
+                        info!(
+                            waited_s = started.elapsed().as_secs(),
+                            "marked the update handled at last"
+                        );
+                    }
+                    return fresh;
+                }
+                Err(e) if started.elapsed() < next_report => {
+                    // Once per entry and then once a minute: a long refusal
+                    // must not flood the log with a line per retry.
+                    if tries == 1 {
+                        warn!(error = %e, "could not mark the update handled; retrying");
+                    } else {
+                        debug!(error = %e, "could not mark the update handled; retrying");
+                    }
                 }
                 Err(e) => {
-                    error!(error = %e, "could not mark the update handled; it stays pending and may be answered twice");
-                    return (true, None);
+                    next_report += Duration::from_secs(60);
+                    error!(error = %e, waited_s = started.elapsed().as_secs(), "still cannot mark the update handled; holding it (never answered twice) and retrying");
                 }
             }
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
@@ -510,6 +540,14 @@ impl Consumer {
                 for (id, reason) in bad {
                     self.dead_letter_unreadable(&id, &reason).await;
                 }
+                // Entries still in flight here went idle only because the
+                // heartbeat could not reach Redis (while their finish was
+                // retrying): the claim made them ours again, and running
+                // them a second time would answer twice.
+                let entries: Vec<Entry> = match self.inflight.lock() {
+                    Ok(s) => entries.into_iter().filter(|e| !s.contains(&e.id)).collect(),
+                    Err(_) => entries,
+                };
                 if !entries.is_empty() {
                     let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
                     // Ours from the moment of the claim: the heartbeat must

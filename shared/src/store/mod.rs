@@ -41,6 +41,12 @@ impl StoreError {
     pub fn is_nogroup(&self) -> bool {
         matches!(self, Self::Redis(e) if e.code() == Some("NOGROUP"))
     }
+
+    /// Redis answers but refuses writes: it reached its `maxmemory` limit
+    /// under `noeviction`. Reads, and writes that free memory, still work.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Self::Redis(e) if redis_ops::is_oom(e))
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -112,6 +118,12 @@ pub trait Store: Send + Sync + 'static {
     /// chat's order) atomically; a seen id is a [`Enqueued::Duplicate`].
     fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued>;
     fn ping(&self) -> StoreFuture<'_, ()>;
+    /// Whether a write would be accepted now, without writing: a full
+    /// Redis answers PING but refuses every update. Always true for a
+    /// store without such limits.
+    fn accepts_writes(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
     fn depth(&self) -> StoreFuture<'_, Depth>;
 
     // --- coordination between replicas ---

@@ -26,6 +26,13 @@ pub type RedisResult<T> = redis::RedisResult<T>;
 /// too. The consumer is added explicitly because Redis 7.0 adds one only
 /// when it is first handed entries: a replica that has had no work yet
 /// would be missing from `worker queue stats`.
+///
+/// A full Redis (`maxmemory`, `noeviction`) refuses both XGROUP commands
+/// with OOM, even when the group exists - which is exactly when more
+/// workers are needed to drain it. Then an existing group is enough:
+/// reading needs no memory, and XREADGROUP adds the consumer as it hands
+/// it its first entries (the worker's periodic rejoin lists it once Redis
+/// has room). Only a missing group is an error: it cannot be made.
 pub async fn join_group(conn: &mut ConnectionManager, consumer: &str) -> RedisResult<()> {
     let r: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -37,13 +44,63 @@ pub async fn join_group(conn: &mut ConnectionManager, consumer: &str) -> RedisRe
         .await;
     match r {
         Err(e) if e.code() == Some("BUSYGROUP") => {}
+        Err(e) if is_oom(&e) => {
+            if !group_exists(conn).await? {
+                return Err(e);
+            }
+        }
         other => other?,
     }
-    redis::cmd("XGROUP")
+    let r = redis::cmd("XGROUP")
         .arg("CREATECONSUMER")
         .arg(keys::STREAM)
         .arg(keys::GROUP)
         .arg(consumer)
+        .query_async::<i64>(conn)
+        .await;
+    match r {
+        Err(e) if is_oom(&e) => {
+            tracing::info!(
+                "Redis is full (maxmemory): consuming without listing this worker in the group; \
+                 Redis lists it with its first entries"
+            );
+            Ok(())
+        }
+        other => other.map(drop),
+    }
+}
+
+/// Redis refused a write because it is at its `maxmemory` limit.
+pub fn is_oom(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM")
+}
+
+async fn group_exists(conn: &mut ConnectionManager) -> RedisResult<bool> {
+    let r: RedisResult<Vec<HashMap<String, Value>>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(keys::STREAM)
+        .query_async(conn)
+        .await;
+    match r {
+        Ok(groups) => Ok(groups
+            .iter()
+            .any(|g| g.get("name").and_then(value_string).as_deref() == Some(keys::GROUP))),
+        // No stream at all: "ERR no such key".
+        Err(e) if e.code() == Some("ERR") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether Redis accepts writes now, without writing anything: SETRANGE
+/// with an empty value on a missing key changes nothing, yet Redis runs
+/// every check a write must pass before it - the memory limit
+/// (`noeviction`), a failed snapshot (`MISCONF`), a read-only replica, too
+/// few replicas (`NOREPLICAS`) - and answers that check's error.
+pub async fn write_probe(conn: &mut ConnectionManager) -> RedisResult<()> {
+    redis::cmd("SETRANGE")
+        .arg(keys::WRITE_PROBE)
+        .arg(0)
+        .arg("")
         .query_async::<i64>(conn)
         .await
         .map(drop)
@@ -216,7 +273,26 @@ pub async fn heartbeat(
 /// the entry and takes it off its conversation's order list - atomically.
 /// Returns whether the update was fresh (a duplicate is counted nowhere)
 /// and the conversation's next entry id, if any.
+///
+/// The entry is removed FIRST. Under `maxmemory` with `noeviction`, Redis
+/// refuses a script (one without flags, as all of ours are) only at its
+/// first write and only if that write can grow memory (SETBIT, HINCRBY,
+/// XADD...); once a script has written, it runs to the end, since it
+/// cannot be rolled back. XACK/XDEL/HDEL/LREM never need memory, so
+/// opening with them makes the finish work on a full Redis - and the
+/// finish is what frees the memory. The done bit, counters and user record
+/// still go in the same atomic step: nothing is best-effort. They can
+/// take Redis a few hundred bytes over its limit, each time after freeing
+/// a whole entry.
 const FINISH_LUA: &str = r#"
+redis.call('XACK', KEYS[6], ARGV[9], ARGV[10])
+redis.call('XDEL', KEYS[6], ARGV[10])
+redis.call('HDEL', KEYS[7], ARGV[10])
+local head = ''
+if ARGV[11] ~= '' then
+  redis.call('LREM', KEYS[8], 1, ARGV[10])
+  head = redis.call('LINDEX', KEYS[8], 0) or ''
+end
 local fresh = redis.call('SETBIT', KEYS[1], ARGV[12], 1) == 0
 if fresh then
   redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -229,30 +305,23 @@ if fresh then
     redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
     redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
   end
-else
-  redis.call('HINCRBY', KEYS[5], 'updates_deduplicated', 1)
+  return {1, head}
 end
-redis.call('XACK', KEYS[6], ARGV[9], ARGV[10])
-redis.call('XDEL', KEYS[6], ARGV[10])
-redis.call('HDEL', KEYS[7], ARGV[10])
-local head = ''
-if ARGV[11] ~= '' then
-  redis.call('LREM', KEYS[8], 1, ARGV[10])
-  head = redis.call('LINDEX', KEYS[8], 0) or ''
-end
-if fresh then return {1, head} end
+redis.call('HINCRBY', KEYS[5], 'updates_deduplicated', 1)
 return {0, head}
 "#;
 
 /// Moves an entry to the dead letters with the reason, and removes it
 /// from the stream, atomically: it is never in both or in neither.
+/// Removal first, as in [`FINISH_LUA`]: on a full Redis the dead letter is
+/// then written with the memory its entry just gave back.
 const DEAD_LUA: &str = r#"
-redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'update_id', ARGV[3], 'key', ARGV[4], 'update', ARGV[5], 'error', ARGV[6], 'deliveries', ARGV[7], 'failed_at', ARGV[8])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[2])
-redis.call('HINCRBY', KEYS[4], 'updates_dead_lettered', 1)
 if ARGV[4] ~= '' then redis.call('LREM', KEYS[5], 1, ARGV[2]) end
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'update_id', ARGV[3], 'key', ARGV[4], 'update', ARGV[5], 'error', ARGV[6], 'deliveries', ARGV[7], 'failed_at', ARGV[8])
+redis.call('HINCRBY', KEYS[4], 'updates_dead_lettered', 1)
 return 1
 "#;
 

@@ -37,6 +37,12 @@ return 0
 /// wait. GCRA: one timestamp per key, no per-request bookkeeping. KEYS:
 /// global, chat. ARGV: global interval µs, global tolerance µs, chat
 /// interval µs (0 = no chat limit), chat tolerance µs.
+///
+/// The booking opens with PEXPIRE: a full Redis (`noeviction`) refuses a
+/// script only at a first write that can grow memory, and SET is one. The
+/// budget must keep working then - every reply draws from it, and replies
+/// finishing are what empty a full Redis - while its writes only replace
+/// a timestamp or two.
 const GCRA_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -55,6 +61,7 @@ if ci > 0 then
   if w2 > wait then wait = w2 end
 end
 if wait > 0 then return wait end
+redis.call('PEXPIRE', KEYS[1], math.floor((g + gi - now) / 1000) + 1000)
 redis.call('SET', KEYS[1], tostring(g + gi), 'PX', math.floor((g + gi - now) / 1000) + 1000)
 if ci > 0 then
   redis.call('SET', KEYS[2], tostring(c + ci), 'PX', math.floor((c + ci - now) / 1000) + 1000)
@@ -160,6 +167,14 @@ impl Store for RedisStore {
                 }
                 other => other,
             }
+        }
+        .boxed()
+    }
+
+    fn accepts_writes(&self) -> StoreFuture<'_, ()> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::write_probe(&mut c)).await
         }
         .boxed()
     }
