@@ -24,7 +24,7 @@ struct Cli {}
 
 fn main() -> ExitCode {
     Cli::parse();
-    let (config, rt) = match shared::telemetry::bootstrap(Config::from_env) {
+    let (config, rt, _logs) = match shared::telemetry::bootstrap(Config::from_env) {
         Ok(started) => started,
         Err(code) => return code,
     };
@@ -39,7 +39,7 @@ fn main() -> ExitCode {
                     Arc::new(s)
                 }
                 Err(e) => {
-                    eprintln!("configuration error: REDIS_URL is not usable: {e}");
+                    shared::telemetry::print_line(&format!("configuration error: REDIS_URL is not usable: {e}"));
                     return ExitCode::from(2);
                 }
             },
@@ -62,11 +62,11 @@ fn main() -> ExitCode {
         );
         let mut code = ExitCode::SUCCESS;
         if let Ok(Err(e)) = i {
-            eprintln!("bot: {e}");
+            shared::telemetry::print_line(&format!("bot: {e}"));
             code = ExitCode::FAILURE;
         }
         if let Ok(Err(e)) = w {
-            eprintln!("bot: {e}");
+            shared::telemetry::print_line(&format!("bot: {e}"));
             code = ExitCode::FAILURE;
         }
         code

@@ -54,6 +54,7 @@ impl Default for Metrics {
             "Entries in the update stream (not yet handled or in flight)",
             queue_depth.clone(),
         );
+        registry.register_collector(Box::new(shared::telemetry::DroppedLogLines));
         Self {
             registry,
             received,

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
             Config::from_env()
         }
     };
-    let (config, rt) = match shared::telemetry::bootstrap(load) {
+    let (config, rt, _logs) = match shared::telemetry::bootstrap(load) {
         Ok(started) => started,
         Err(code) => return code,
     };
@@ -74,7 +74,7 @@ async fn queue(config: Config, action: QueueAction) -> ExitCode {
     let mut conn = match shared::redis_conn::manager(&url) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("worker queue: REDIS_URL is not usable: {e}");
+            shared::telemetry::print_line(&format!("worker queue: REDIS_URL is not usable: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -112,7 +112,7 @@ async fn queue(config: Config, action: QueueAction) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("worker queue: Redis error: {e}");
+            shared::telemetry::print_line(&format!("worker queue: Redis error: {e}"));
             ExitCode::FAILURE
         }
     }
