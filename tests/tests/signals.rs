@@ -337,3 +337,63 @@ async fn worker_stops_on_signal_whatever_stderr_is() {
 async fn bot_stops_on_signal_whatever_stderr_is() {
     stops_whatever_stderr_is("bot").await;
 }
+
+/// A second signal during the drain ends the process at once (exit 1)
+/// instead of waiting out the grace for a handler that hangs on Telegram.
+#[tokio::test(flavor = "multi_thread")]
+async fn second_signal_during_the_drain_exits_at_once() {
+    use e2e::harness::Service;
+    use e2e::updates::{next_update_id, private_command};
+    let api = FakeBotApi::start().await;
+    let chat = 820_001;
+    api.faults(|f| {
+        f.stalled_chats.insert(chat);
+    });
+    let port = free_port();
+    let vars: Vec<(String, String)> = vec![
+        ("TELEGRAM_BOT_TOKEN".into(), TOKEN.into()),
+        ("TELEGRAM_API_URL".into(), api.url()),
+        ("TELEGRAM_SEND_RATE".into(), "0".into()),
+        ("HOST".into(), "127.0.0.1".into()),
+        ("PORT".into(), port.to_string()),
+    ];
+    let mut bot = Service::spawn_owned("bot", &[], &vars);
+    api.push_update(private_command(
+        next_update_id(),
+        chat,
+        "Stuck",
+        Some("en"),
+        "/start",
+    ));
+    let stuck = eventually(READY, || async { api.faults(|f| f.stalled_calls) > 0 }).await;
+    assert!(
+        stuck,
+        "the handler reached the stalled send\n{}",
+        bot.logs_tail()
+    );
+
+    // SAFETY: kill(2) on our own, not yet reaped, child.
+    unsafe { libc::kill(bot.pid() as libc::pid_t, libc::SIGTERM) };
+    bot.expect_log("shutdown signal received", READY).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        bot.has_exited().is_none(),
+        "the first signal drains: the in-flight handler keeps the process\n{}",
+        bot.logs_tail()
+    );
+    let t0 = Instant::now();
+    // SAFETY: as above.
+    unsafe { libc::kill(bot.pid() as libc::pid_t, libc::SIGINT) };
+    let st = bot.wait_exit(Duration::from_secs(5)).await;
+    println!(
+        "SIGNALS second signal during a drain held by a hung handler: exit {:?} after {:.0} ms",
+        st.code(),
+        t0.elapsed().as_secs_f64() * 1000.0
+    );
+    assert_eq!(st.code(), Some(1), "{}", bot.logs_tail());
+    assert!(
+        bot.logs().contains("second shutdown signal"),
+        "{}",
+        bot.logs_tail()
+    );
+}
