@@ -107,3 +107,18 @@ impl Collector for DroppedLogLines {
         counter.encode(metric)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_lines_show_as_a_counter() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(DroppedLogLines));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        assert!(out.contains("# TYPE log_lines_dropped counter"), "{out}");
+        assert!(out.contains("log_lines_dropped_total 0"), "{out}");
+    }
+}
