@@ -50,10 +50,11 @@ enum Command {
 pub fn run_from_env<S: Send + Sync + 'static>(bot: Bot<S>) -> ExitCode {
     let cli = Cli::parse();
     let operator = matches!(cli.command, Some(Command::Queue { .. }));
-    let (config, rt) = match shared::telemetry::bootstrap(|| worker::cli::load_config(operator)) {
-        Ok(started) => started,
-        Err(code) => return code,
-    };
+    let (config, rt, _logs) =
+        match shared::telemetry::bootstrap(|| worker::cli::load_config(operator)) {
+            Ok(started) => started,
+            Err(code) => return code,
+        };
     rt.block_on(async move {
         match cli.command {
             None => run_all_in_one(config, bot).await,
@@ -79,7 +80,9 @@ pub async fn run_all_in_one<S: Send + Sync + 'static>(config: Config, bot: Bot<S
                     Arc::new(s)
                 }
                 Err(e) => {
-                    eprintln!("configuration error: REDIS_URL is not usable: {e}");
+                    shared::telemetry::print_line(&format!(
+                        "configuration error: REDIS_URL is not usable: {e}"
+                    ));
                     return ExitCode::from(2);
                 }
             },
@@ -106,11 +109,11 @@ pub async fn run_all_in_one<S: Send + Sync + 'static>(config: Config, bot: Bot<S
         );
         let mut code = ExitCode::SUCCESS;
         if let Ok(Err(e)) = i {
-            eprintln!("bot: {e}");
+            shared::telemetry::print_line(&format!("bot: {e}"));
             code = ExitCode::FAILURE;
         }
         if let Ok(Err(e)) = w {
-            eprintln!("bot: {e}");
+            shared::telemetry::print_line(&format!("bot: {e}"));
             code = ExitCode::FAILURE;
         }
         code

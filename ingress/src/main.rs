@@ -46,7 +46,7 @@ enum WebhookAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (config, rt) = match shared::telemetry::bootstrap(Config::from_env) {
+    let (config, rt, _logs) = match shared::telemetry::bootstrap(Config::from_env) {
         Ok(started) => started,
         Err(code) => return code,
     };
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
-                        eprintln!("ingress webhook: {e}");
+                        shared::telemetry::print_line(&format!("ingress webhook: {e}"));
                         ExitCode::FAILURE
                     }
                 }

@@ -61,6 +61,7 @@ impl Default for Metrics {
             "Failed accepts of new connections (EMFILE: out of file descriptors)",
             accept_errors.clone(),
         );
+        registry.register_collector(Box::new(shared::telemetry::DroppedLogLines));
         Self {
             registry,
             received,

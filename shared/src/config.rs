@@ -127,15 +127,33 @@ impl fmt::Debug for Config {
     }
 }
 
-/// Hides a password in a Redis URL (`redis://user:pw@host`) for logging.
+/// Hides the passwords in a Redis URL for logging: the user-info one
+/// (`redis://user:pw@host`) and the query one (`?pass=`, which redis-rs reads
+/// for unix sockets, and `?password=`). A value that is not a URL is not
+/// echoed at all, since it could be anything.
 pub fn redact_url(raw: &str) -> String {
-    match Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => raw.to_owned(),
+    let Ok(mut u) = Url::parse(raw) else {
+        return "<not a URL>".to_owned();
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    let is_secret = |k: &str| k.eq_ignore_ascii_case("pass") || k.eq_ignore_ascii_case("password");
+    if u.query_pairs().any(|(k, _)| is_secret(&k)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -494,6 +512,30 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("TELEGRAM_WEBHOOK_CHECK_SECS"));
+    }
+
+    #[test]
+    fn redact_url_hides_every_redis_password_form() {
+        let cases = [
+            ("redis://user:hunter2@h:6379/0", "redis://user:***@h:6379/0"),
+            (
+                "redis+unix:///run/r.sock?db=1&pass=hunter2",
+                "redis+unix:///run/r.sock?db=1&pass=***",
+            ),
+            (
+                "unix:///run/r.sock?user=u&password=hunter2",
+                "unix:///run/r.sock?user=u&password=***",
+            ),
+            (
+                "redis://h:6379?PASS=hunter2&protocol=resp3",
+                "redis://h:6379?PASS=***&protocol=resp3",
+            ),
+            ("redis://h:6379", "redis://h:6379"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(redact_url(raw), want, "{raw}");
+        }
+        assert!(!redact_url("not a url hunter2").contains("hunter2"));
     }
 
     #[test]

@@ -3,12 +3,20 @@
 
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `token` on the first SIGTERM or SIGINT.
+/// Cancels `token` on the first SIGTERM or SIGINT; a second one during the
+/// drain exits at once (code 1), for an operator who will not wait.
+///
+/// The token is cancelled before anything is logged: nothing that can go
+/// wrong with stderr may stand between a signal and the shutdown.
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown signal received; draining");
         token.cancel();
+        tracing::info!("shutdown signal received; draining (a second signal exits at once)");
+        wait_for_signal().await;
+        tracing::warn!("second shutdown signal: exiting without finishing the drain");
+        crate::telemetry::stderr_flush();
+        std::process::exit(1);
     });
 }
 
@@ -83,7 +91,7 @@ where
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("{name}: {e}");
+            crate::telemetry::print_line(&format!("{name}: {e}"));
             std::process::ExitCode::FAILURE
         }
     }

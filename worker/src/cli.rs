@@ -47,7 +47,7 @@ pub enum QueueAction {
 pub fn main<S: Send + Sync + 'static>(bot: Bot<S>) -> ExitCode {
     let cli = Cli::parse();
     let operator = cli.command.is_some();
-    let (config, rt) = match shared::telemetry::bootstrap(|| load_config(operator)) {
+    let (config, rt, _logs) = match shared::telemetry::bootstrap(|| load_config(operator)) {
         Ok(started) => started,
         Err(code) => return code,
     };
@@ -83,7 +83,7 @@ pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
     let mut conn = match shared::redis_conn::manager(&url) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("worker queue: REDIS_URL is not usable: {e}");
+            shared::telemetry::print_line(&format!("worker queue: REDIS_URL is not usable: {e}"));
             return ExitCode::from(2);
         }
     };
@@ -121,7 +121,7 @@ pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("worker queue: Redis error: {e}");
+            shared::telemetry::print_line(&format!("worker queue: Redis error: {e}"));
             ExitCode::FAILURE
         }
     }

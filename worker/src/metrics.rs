@@ -107,6 +107,7 @@ impl Default for Metrics {
             "Entries delivered but not yet acknowledged",
             pending.clone(),
         );
+        registry.register_collector(Box::new(shared::telemetry::DroppedLogLines));
         Self {
             registry,
             handled,
