@@ -134,6 +134,9 @@ fn dockerfile_and_service_configs_match_the_workspace() {
     };
     let libs = placeholder_loop("lib.rs");
     let mains = placeholder_loop("main.rs");
+    // Binaries under src/bin/ (the shipped bot's `worker` and `bot`) get a
+    // placeholder file each, named in full.
+    let bins = placeholder_loop("src/bin");
     for m in &members {
         let copy = format!("COPY {m}/Cargo.toml {m}/Cargo.toml");
         assert!(
@@ -152,6 +155,16 @@ fn dockerfile_and_service_configs_match_the_workspace() {
             has_main,
             "{m}: main.rs placeholder in deploy/Dockerfile"
         );
+        if let Ok(dir) = std::fs::read_dir(root.join(m).join("src/bin")) {
+            for f in dir.flatten() {
+                let name = f.file_name().to_string_lossy().replace(".rs", "");
+                let want = format!("{m}/src/bin/{name}");
+                assert!(
+                    bins.contains(&want),
+                    "{want}.rs placeholder in deploy/Dockerfile ({bins:?})"
+                );
+            }
+        }
     }
     let shipped: Vec<&str> = dockerfile
         .lines()
