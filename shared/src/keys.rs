@@ -81,6 +81,20 @@ pub fn user(user_id: i64) -> String {
 pub const USERS_FIRST_SEEN: &str = "tgbot:users:first_seen";
 /// Sorted set user id -> last_seen ms ("active in 24 h").
 pub const USERS_LAST_SEEN: &str = "tgbot:users:last_seen";
+/// Replies of handled updates not yet sent (hash: entry id -> JSON), and
+/// when each may be taken over by another worker (sorted set: entry id ->
+/// lease end, ms). A reply is kept here from the moment its update's
+/// writes are applied until Telegram has it, so a crash in between loses
+/// neither the writes nor the reply. While kept, its chat's order list
+/// still holds the entry, so the chat's next update waits for it.
+pub const REPLIES: &str = "tgbot:replies";
+pub const REPLIES_DUE: &str = "tgbot:replies:due";
+
+/// A bot's own hash, written through exactly-once writes (`ctx.incr` ...).
+pub fn kv(hash: &str) -> String {
+    format!("tgbot:kv:{hash}")
+}
+
 /// Hash of bot-wide counters (`updates_handled`, ...).
 pub const COUNTERS: &str = "tgbot:counters";
 

@@ -589,11 +589,16 @@ pub struct QueueState {
     pub last_delivered_id: String,
     pub pending: i64,
     pub consumers: i64,
+    /// Replies of handled updates not yet sent (`tgbot:replies`).
+    pub kept: i64,
 }
 
 impl QueueState {
     pub fn drained(&self) -> bool {
-        self.group_exists && self.pending == 0 && self.last_delivered_id == self.last_generated_id
+        self.group_exists
+            && self.pending == 0
+            && self.kept == 0
+            && self.last_delivered_id == self.last_generated_id
     }
 }
 
@@ -635,5 +640,10 @@ pub async fn queue_state(redis_url: &str) -> Option<QueueState> {
             }
         }
     }
+    st.kept = redis::cmd("HLEN")
+        .arg(keys::REPLIES)
+        .query_async(&mut c)
+        .await
+        .unwrap_or(0);
     Some(st)
 }

@@ -2,7 +2,7 @@
 //! both shapes (typed and raw), who sent it, the user directory and the
 //! Bot API client.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use teloxide_core::types::Update;
@@ -10,7 +10,7 @@ use teloxide_core::types::Update;
 use shared::botapi::BotApi;
 use shared::envelope::now_ms;
 use shared::stats::{BotStats, UserRecord};
-use shared::store::Store;
+use shared::store::{Store, Write};
 
 use crate::commands::{self, CommandInfo};
 use crate::reply::HandlerError;
@@ -69,6 +69,7 @@ struct Inner<S> {
     from: Option<UserRef>,
     private: bool,
     chat_id: Option<i64>,
+    writes: Mutex<Vec<Write>>,
 }
 
 impl<S> Clone for Ctx<S> {
@@ -102,6 +103,7 @@ impl<S> Ctx<S> {
                 from: p.from,
                 private: p.private,
                 chat_id: p.chat_id,
+                writes: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -187,6 +189,66 @@ impl<S> Ctx<S> {
     /// The directory's and the queue's numbers.
     pub async fn stats(&self) -> Result<BotStats, HandlerError> {
         Ok(self.inner.engine.store.bot_stats(now_ms()).await?)
+    }
+
+    /// Adds `by` to a counter in the bot's hash `hash`, exactly once: the
+    /// write is applied with the update's completion (before its reply is
+    /// sent), and never again if the update is delivered again.
+    pub fn incr(&self, hash: &str, field: impl ToString, by: i64) {
+        self.write(Write::Incr {
+            hash: hash.to_owned(),
+            field: field.to_string(),
+            by,
+        });
+    }
+
+    /// Sets a field of the bot's hash `hash`, with the update's completion.
+    pub fn set(&self, hash: &str, field: impl ToString, value: impl ToString) {
+        self.write(Write::Set {
+            hash: hash.to_owned(),
+            field: field.to_string(),
+            value: value.to_string(),
+        });
+    }
+
+    /// Sets a field unless it exists (a first visit...), with the update's
+    /// completion.
+    pub fn set_once(&self, hash: &str, field: impl ToString, value: impl ToString) {
+        self.write(Write::SetOnce {
+            hash: hash.to_owned(),
+            field: field.to_string(),
+            value: value.to_string(),
+        });
+    }
+
+    /// A field of the bot's hash as completed updates left it (this
+    /// update's own writes are not applied yet).
+    pub async fn get(
+        &self,
+        hash: &str,
+        field: impl ToString,
+    ) -> Result<Option<String>, HandlerError> {
+        Ok(self
+            .inner
+            .engine
+            .store
+            .kv_get(hash, &field.to_string())
+            .await?)
+    }
+
+    fn write(&self, w: Write) {
+        if let Ok(mut v) = self.inner.writes.lock() {
+            v.push(w);
+        }
+    }
+
+    /// The writes asked for so far, for the completion.
+    pub(crate) fn take_writes(&self) -> Vec<Write> {
+        self.inner
+            .writes
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
     }
 }
 

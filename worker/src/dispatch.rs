@@ -6,22 +6,19 @@
 //! are tested with handlers that fail, hang or panic.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::future::BoxFuture;
 use serde_json::Value;
 use teloxide_core::types::{Update, UpdateKind};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use shared::envelope::Entry;
-use shared::store::UserTouch;
+use shared::store::{UserTouch, Write};
 
 use crate::bot::{HandlerFn, Handlers};
 use crate::commands::{self, Route};
 use crate::ctx::{Ctx, Engine, Parts, UserRef};
-use crate::metrics::Metrics;
-use crate::reply::{HandlerError, Reply, Target};
-use crate::sender::{SendError, Sender};
+use crate::reply::{Call, HandlerError, Reply, Target};
 
 /// How an update ended, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,11 +44,20 @@ impl Outcome {
     }
 }
 
-#[derive(Debug)]
+/// What a handler's run produced, for the consumer to complete: the
+/// writes and directory entry applied with the "handled" mark, then the
+/// reply sent.
+#[derive(Debug, Default)]
 pub struct Handled {
-    pub outcome: Outcome,
     /// The directory entry for the sender, written with the "handled" mark.
     pub user: Option<UserTouch>,
+    /// The handler's exactly-once writes.
+    pub writes: Vec<Write>,
+    /// The reply's Bot API calls, in order; empty: nothing to say.
+    pub calls: Vec<Call>,
+    /// The command answered, for the log line.
+    pub command: Option<String>,
+    pub chat_id: Option<i64>,
 }
 
 /// What the consumer runs for each entry.
@@ -64,8 +70,6 @@ pub(crate) struct Router<S> {
     pub state: Arc<S>,
     pub handlers: Handlers<S>,
     pub engine: Arc<Engine>,
-    pub sender: Sender,
-    pub metrics: Arc<Metrics>,
 }
 
 impl<S: Send + Sync + 'static> Handler for Router<S> {
@@ -206,55 +210,18 @@ impl<S: Send + Sync + 'static> Router<S> {
                 chat_id: target.chat_id(),
             },
         );
-        let started = Instant::now();
         let reply = match picked {
-            Picked::Message(h, m) => h(ctx, *m).await?,
-            Picked::Callback(h, q) => h(ctx, *q).await?,
-            Picked::Plain(h) => h(ctx, ()).await?,
+            Picked::Message(h, m) => h(ctx.clone(), *m).await?,
+            Picked::Callback(h, q) => h(ctx.clone(), *q).await?,
+            Picked::Plain(h) => h(ctx.clone(), ()).await?,
             Picked::BuiltinHelp => Reply::text(ctx.help_lines()),
         };
-        if reply.is_empty() {
-            return Ok(counted(user));
-        }
-        let calls = target.resolve(reply, true)?;
-        for call in calls {
-            match self
-                .sender
-                .send(&call.method, call.params, &self.metrics)
-                .await
-            {
-                Ok(_) => {}
-                Err(SendError::Final(e)) => {
-                    info!(chat_id = target.chat_id(), reason = %e, "reply refused by Telegram; update ends here");
-                    return Ok(Handled {
-                        outcome: Outcome::Refused,
-                        user,
-                    });
-                }
-                Err(SendError::Unknown(e)) => {
-                    warn!(command = command.as_deref().unwrap_or(""), chat_id = target.chat_id(), reason = %e,
-                        "reply outcome unknown (the user may have it); update ends here, not resent");
-                    return Ok(Handled {
-                        outcome: Outcome::Unknown,
-                        user,
-                    });
-                }
-                Err(e) => return Err(HandlerError::retry(e)),
-            }
-        }
-        // Info, not debug: a command is what a user sees, so it is what an
-        // operator looks for in the logs.
-        if let Some(name) = command {
-            info!(
-                command = %name,
-                chat_id = target.chat_id(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "command answered"
-            );
-        }
         Ok(Handled {
-            outcome: Outcome::Replied,
             user,
+            writes: ctx.take_writes(),
+            calls: target.resolve(reply, true)?,
+            command,
+            chat_id: target.chat_id(),
         })
     }
 
@@ -277,8 +244,8 @@ fn first_key(text: &str) -> String {
 
 fn counted(user: Option<UserTouch>) -> Handled {
     Handled {
-        outcome: Outcome::Counted,
         user,
+        ..Handled::default()
     }
 }
 

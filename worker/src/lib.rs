@@ -31,6 +31,7 @@ pub mod dispatch;
 pub mod health;
 pub mod menu;
 pub mod metrics;
+pub mod replies;
 pub mod reply;
 pub mod sender;
 
@@ -175,8 +176,6 @@ pub async fn run_with<S: Send + Sync + 'static>(
         state,
         handlers,
         engine,
-        sender: sender::Sender::new(api, store.clone(), config.send_rate),
-        metrics: metrics.clone(),
     };
     let consumer = consumer::Consumer::new(
         consumer::Settings {
@@ -187,8 +186,9 @@ pub async fn run_with<S: Send + Sync + 'static>(
             shutdown_grace: SHUTDOWN_GRACE,
             per_chat_order: config.per_chat_order,
         },
-        store,
+        store.clone(),
         Arc::new(router),
+        sender::Sender::new(api, store, config.send_rate),
         metrics,
     );
     consumer.run(cancel.clone()).await;

@@ -10,15 +10,17 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
+use shared::botapi::BotApi;
 use shared::envelope::{probe, Enqueued, Entry, Probe};
 use shared::stats::{BotStats, UserRecord};
 use shared::store::{
-    Budget, Claimed, ConsumerInfo, DeadLetterRequest, Depth, Head, MemoryStore, Read, Store,
-    StoreError, StoreFuture, UserTouch,
+    Budget, Claimed, Completion, ConsumerInfo, DeadLetterRequest, Depth, Head, MemoryStore,
+    OrphanReply, Read, Store, StoreError, StoreFuture,
 };
 use worker::consumer::{Consumer, Settings};
-use worker::dispatch::{Handled, Handler, Outcome};
+use worker::dispatch::{Handled, Handler};
 use worker::metrics::Metrics;
+use worker::sender::Sender;
 use worker::HandlerError;
 
 /// `MemoryStore`, except that the first `failing` lookups fail.
@@ -96,9 +98,25 @@ impl Store for FlakyLookups {
     fn finish<'a>(
         &'a self,
         entry: &'a Entry,
-        user: Option<&'a UserTouch>,
+        done: Completion<'a>,
     ) -> StoreFuture<'a, (bool, Option<String>)> {
-        self.inner.finish(entry, user)
+        self.inner.finish(entry, done)
+    }
+    fn reply_sent<'a>(
+        &'a self,
+        entry_id: &'a str,
+        key: &'a str,
+    ) -> StoreFuture<'a, Option<String>> {
+        self.inner.reply_sent(entry_id, key)
+    }
+    fn renew_replies<'a>(&'a self, ids: &'a [String], until_ms: i64) -> StoreFuture<'a, ()> {
+        self.inner.renew_replies(ids, until_ms)
+    }
+    fn orphan_replies(&self, until_ms: i64, count: usize) -> StoreFuture<'_, Vec<OrphanReply>> {
+        self.inner.orphan_replies(until_ms, count)
+    }
+    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>> {
+        self.inner.kv_get(hash, field)
     }
     fn dead_letter<'a>(&'a self, dead: DeadLetterRequest<'a>) -> StoreFuture<'a, ()> {
         self.inner.dead_letter(dead)
@@ -142,12 +160,7 @@ impl Handler for Recorder {
     fn handle<'a>(&'a self, _entry: &'a Entry) -> BoxFuture<'a, Result<Handled, HandlerError>> {
         let seen = self.store.lookups.load(Ordering::SeqCst);
         self.runs.lock().unwrap().push(seen);
-        Box::pin(async {
-            Ok(Handled {
-                outcome: Outcome::Replied,
-                user: None,
-            })
-        })
+        Box::pin(async { Ok(Handled::default()) })
     }
 }
 
@@ -183,6 +196,15 @@ async fn a_failed_already_handled_lookup_does_not_run_the_handler() {
         },
         store.clone(),
         handler.clone(),
+        // Never called: the handler answers nothing.
+        Sender::new(
+            BotApi::new(
+                &"http://127.0.0.1:9".parse().unwrap(),
+                &shared::config::BotToken::parse("1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap(),
+            ),
+            store.clone(),
+            0,
+        ),
         metrics.clone(),
     );
     let cancel = CancellationToken::new();

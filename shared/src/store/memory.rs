@@ -18,8 +18,8 @@ use futures::FutureExt;
 use tokio::sync::Notify;
 
 use super::{
-    id_order, Budget, Claimed, ConsumerInfo, DeadLetterRequest, Depth, Head, Read, Store,
-    StoreFuture, UserTouch,
+    id_order, Budget, Claimed, Completion, ConsumerInfo, DeadLetterRequest, Depth, Head,
+    OrphanReply, Read, Store, StoreFuture, Write,
 };
 use crate::envelope::{now_ms, Enqueued, Entry, Probe};
 use crate::keys;
@@ -63,6 +63,10 @@ struct State {
     counters: HashMap<&'static str, u64>,
     users: HashMap<i64, UserRecord>,
     kv: HashMap<String, (String, Option<Instant>)>,
+    /// Replies kept until sent: entry id -> (body, lease end ms, order key).
+    replies: HashMap<String, (String, i64, String)>,
+    /// The bots' own hashes (exactly-once writes).
+    hashes: HashMap<String, HashMap<String, String>>,
     rate: HashMap<String, i64>,
     ops: u64,
 }
@@ -100,21 +104,51 @@ impl State {
     }
 
     fn remove_entry(&mut self, id: &str) -> Option<Entry> {
+        let entry = self.remove_from_stream(id);
+        self.replies.remove(id);
+        if let Some(e) = &entry {
+            self.leave_order(&e.key, id);
+        }
+        entry
+    }
+
+    /// Out of the stream and the pending list, still in its chat's order.
+    fn remove_from_stream(&mut self, id: &str) -> Option<Entry> {
         let oid = id_order(id);
         self.pending.remove(&oid);
         self.failures.remove(id);
-        let entry = self.stream.remove(&oid);
-        if let Some(e) = &entry {
-            if !e.key.is_empty() {
-                if let Some(list) = self.order.get_mut(&e.key) {
-                    list.retain(|x| x != id);
-                    if list.is_empty() {
-                        self.order.remove(&e.key);
-                    }
-                }
+        self.stream.remove(&oid)
+    }
+
+    fn leave_order(&mut self, key: &str, id: &str) {
+        if key.is_empty() {
+            return;
+        }
+        if let Some(list) = self.order.get_mut(key) {
+            list.retain(|x| x != id);
+            if list.is_empty() {
+                self.order.remove(key);
             }
         }
-        entry
+    }
+
+    fn apply(&mut self, w: &Write) {
+        let h = self.hashes.entry(w.hash().to_owned()).or_default();
+        match w {
+            Write::Incr { field, by, .. } => {
+                let n = h
+                    .get(field)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0);
+                h.insert(field.clone(), (n + by).to_string());
+            }
+            Write::Set { field, value, .. } => {
+                h.insert(field.clone(), value.clone());
+            }
+            Write::SetOnce { field, value, .. } => {
+                h.entry(field.clone()).or_insert_with(|| value.clone());
+            }
+        }
     }
 
     fn head(&self, key: &str) -> Option<String> {
@@ -381,8 +415,9 @@ impl Store for MemoryStore {
     fn finish<'a>(
         &'a self,
         entry: &'a Entry,
-        user: Option<&'a UserTouch>,
+        done: Completion<'a>,
     ) -> StoreFuture<'a, (bool, Option<String>)> {
+        let user = done.user;
         ready(self.with(|s| {
             let now = Instant::now();
             let fresh = s.done.get(&entry.update_id).is_none_or(|e| *e <= now);
@@ -410,6 +445,21 @@ impl Store for MemoryStore {
                         rec.start_payload = Some(u.start_payload.clone());
                     }
                 }
+                for w in done.writes {
+                    s.apply(w);
+                }
+                if let Some(reply) = done.reply {
+                    s.remove_from_stream(&entry.id);
+                    s.replies.insert(
+                        entry.id.clone(),
+                        (
+                            reply.to_owned(),
+                            done.reply_lease_until_ms,
+                            entry.key.clone(),
+                        ),
+                    );
+                    return (true, None);
+                }
             } else {
                 *s.counters.entry("updates_deduplicated").or_default() += 1;
             }
@@ -423,6 +473,61 @@ impl Store for MemoryStore {
         }))
     }
 
+    fn reply_sent<'a>(
+        &'a self,
+        entry_id: &'a str,
+        key: &'a str,
+    ) -> StoreFuture<'a, Option<String>> {
+        ready(self.with(|s| {
+            s.replies.remove(entry_id);
+            s.failures.remove(entry_id);
+            s.leave_order(key, entry_id);
+            s.head(key)
+        }))
+    }
+
+    fn renew_replies<'a>(&'a self, ids: &'a [String], until_ms: i64) -> StoreFuture<'a, ()> {
+        self.with(|s| {
+            for id in ids {
+                if let Some(r) = s.replies.get_mut(id) {
+                    r.1 = until_ms;
+                }
+            }
+        });
+        ready(())
+    }
+
+    fn orphan_replies(&self, until_ms: i64, count: usize) -> StoreFuture<'_, Vec<OrphanReply>> {
+        let now = now_ms();
+        ready(self.with(|s| {
+            let due: Vec<String> = s
+                .replies
+                .iter()
+                .filter(|(_, r)| r.1 <= now)
+                .map(|(id, _)| id.clone())
+                .take(count)
+                .collect();
+            due.into_iter()
+                .filter_map(|id| {
+                    let r = s.replies.get_mut(&id)?;
+                    r.1 = until_ms;
+                    let body = r.0.clone();
+                    let n = s.failures.entry(id.clone()).or_default();
+                    *n += 1;
+                    Some(OrphanReply {
+                        id,
+                        body,
+                        takeovers: *n,
+                    })
+                })
+                .collect()
+        }))
+    }
+
+    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>> {
+        ready(self.with(|s| s.hashes.get(hash).and_then(|h| h.get(field)).cloned()))
+    }
+
     fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64> {
         ready(self.with(|s| {
             let n = s.failures.entry(entry_id.to_owned()).or_default();
@@ -434,6 +539,8 @@ impl Store for MemoryStore {
     fn dead_letter<'a>(&'a self, d: DeadLetterRequest<'a>) -> StoreFuture<'a, ()> {
         self.with(|s| {
             s.remove_entry(d.id);
+            s.replies.remove(d.id);
+            s.leave_order(d.key, d.id);
             s.dead.push(MemoryDeadLetter {
                 id: d.id.to_owned(),
                 update_id: d.update_id,
@@ -498,7 +605,10 @@ impl Store for MemoryStore {
 
     fn heal_head<'a>(&'a self, key: &'a str, head: &'a str) -> StoreFuture<'a, bool> {
         ready(self.with(|s| {
-            if s.head(key).as_deref() != Some(head) || s.stream.contains_key(&id_order(head)) {
+            if s.head(key).as_deref() != Some(head)
+                || s.stream.contains_key(&id_order(head))
+                || s.replies.contains_key(head)
+            {
                 return false;
             }
             if let Some(l) = s.order.get_mut(key) {
@@ -582,7 +692,7 @@ mod tests {
             }]
         );
         assert_eq!(m.depth().await.unwrap().pending, 2);
-        let (fresh, head) = m.finish(e1, None).await.unwrap();
+        let (fresh, head) = m.finish(e1, Completion::default()).await.unwrap();
         assert!(fresh);
         assert_eq!(head, Some(e2.id.clone()));
         assert!(m.is_done(1).await.unwrap());
@@ -594,7 +704,7 @@ mod tests {
             }]
         );
         // A redelivered copy of a handled update is a duplicate.
-        let (fresh, _) = m.finish(e1, None).await.unwrap();
+        let (fresh, _) = m.finish(e1, Completion::default()).await.unwrap();
         assert!(!fresh);
         assert_eq!(m.depth().await.unwrap().length, 1);
     }
@@ -646,6 +756,7 @@ mod tests {
             update: &e.update,
             error: "boom",
             deliveries: 2,
+            reply: "",
         })
         .await
         .unwrap();

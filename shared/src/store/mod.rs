@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-pub use memory::MemoryStore;
+pub use memory::{MemoryDeadLetter, MemoryStore};
 pub use redis_store::RedisStore;
 
 use crate::envelope::{Enqueued, Entry, Probe};
@@ -63,6 +63,75 @@ pub struct UserTouch {
     /// A `message` update from the user (not an edit, reaction, ...).
     pub is_message: bool,
     pub start_payload: String,
+}
+
+/// A write a handler asked for, applied exactly once: with its update's
+/// completion, and only if the update had not been handled before - so a
+/// redelivery (crash, reclaim, resend) never applies it twice. Hashes live
+/// in the bot's own namespace (`tgbot:kv:<hash>`); the queue knows no
+/// bot's schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// `HINCRBY`: add `by` to a counter.
+    Incr {
+        hash: String,
+        field: String,
+        by: i64,
+    },
+    /// `HSET`: set a field.
+    Set {
+        hash: String,
+        field: String,
+        value: String,
+    },
+    /// `HSETNX`: set a field unless it exists (first visit, first payment...).
+    SetOnce {
+        hash: String,
+        field: String,
+        value: String,
+    },
+}
+
+impl Write {
+    pub fn hash(&self) -> &str {
+        match self {
+            Write::Incr { hash, .. } | Write::Set { hash, .. } | Write::SetOnce { hash, .. } => {
+                hash
+            }
+        }
+    }
+
+    /// (operation, field, value) as the finish script reads them.
+    pub fn parts(&self) -> (&'static str, &str, String) {
+        match self {
+            Write::Incr { field, by, .. } => ("incr", field, by.to_string()),
+            Write::Set { field, value, .. } => ("set", field, value.clone()),
+            Write::SetOnce { field, value, .. } => ("setnx", field, value.clone()),
+        }
+    }
+}
+
+/// Everything an update's completion applies, atomically with its
+/// "handled" mark.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Completion<'a> {
+    /// The sender, for the user directory.
+    pub user: Option<&'a UserTouch>,
+    pub writes: &'a [Write],
+    /// The reply still to send (opaque to the store). Kept until
+    /// [`Store::reply_sent`]; meanwhile the entry's chat waits for it.
+    pub reply: Option<&'a str>,
+    /// Until when no other worker may take the reply over (ms since epoch).
+    pub reply_lease_until_ms: i64,
+}
+
+/// A reply whose worker stopped renewing its lease, taken over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanReply {
+    pub id: String,
+    pub body: String,
+    /// Times it was taken over, this time included.
+    pub takeovers: u64,
 }
 
 /// A page of entries taken over from other consumers.
@@ -159,14 +228,27 @@ pub trait Store: Send + Sync + 'static {
     /// Resets the idle time of entries `consumer` is still working on.
     fn heartbeat<'a>(&'a self, consumer: &'a str, ids: &'a [String]) -> StoreFuture<'a, ()>;
     fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool>;
-    /// Marks the update handled (once), counts it, records the user, removes
-    /// the entry and takes it off its chat's order - atomically. Returns
-    /// whether it was fresh and the chat's next entry id.
+    /// Marks the update handled (once), counts it, records the user,
+    /// applies the handler's writes, removes the entry and - unless a reply
+    /// is kept for sending - takes it off its chat's order, atomically.
+    /// Returns whether it was fresh (a duplicate applies nothing and keeps
+    /// no reply) and the chat's next entry id.
     fn finish<'a>(
         &'a self,
         entry: &'a Entry,
-        user: Option<&'a UserTouch>,
+        done: Completion<'a>,
     ) -> StoreFuture<'a, (bool, Option<String>)>;
+    /// The reply kept for `entry_id` went out (or ended for good): forget it
+    /// and let its chat go on. Returns the chat's next entry id.
+    fn reply_sent<'a>(&'a self, entry_id: &'a str, key: &'a str)
+        -> StoreFuture<'a, Option<String>>;
+    /// Extends the leases of replies this worker is still sending.
+    fn renew_replies<'a>(&'a self, ids: &'a [String], until_ms: i64) -> StoreFuture<'a, ()>;
+    /// Replies whose lease ran out (their worker died), each now leased to
+    /// the caller until `until_ms`.
+    fn orphan_replies(&self, until_ms: i64, count: usize) -> StoreFuture<'_, Vec<OrphanReply>>;
+    /// A field of a bot's own hash, as its exactly-once writes left it.
+    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>>;
     /// Counts a failed delivery; returns the failures so far.
     fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64>;
     /// Moves the entry to the dead letters with the reason, atomically.
@@ -214,6 +296,9 @@ pub struct DeadLetterRequest<'a> {
     pub update: &'a [u8],
     pub error: &'a str,
     pub deliveries: u64,
+    /// A kept reply that could not be sent (its update was handled):
+    /// `replay-dead` sends it again instead of re-running the update.
+    pub reply: &'a str,
 }
 
 /// A stream id as a sortable pair.

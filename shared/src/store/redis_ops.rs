@@ -14,7 +14,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Value;
 
-use super::{ConsumerInfo, Head, UserTouch};
+use super::{ConsumerInfo, Head};
 use crate::envelope::{now_ms, Entry};
 use crate::keys;
 
@@ -288,11 +288,6 @@ const FINISH_LUA: &str = r#"
 redis.call('XACK', KEYS[6], ARGV[9], ARGV[10])
 redis.call('XDEL', KEYS[6], ARGV[10])
 redis.call('HDEL', KEYS[7], ARGV[10])
-local head = ''
-if ARGV[11] ~= '' then
-  redis.call('LREM', KEYS[8], 1, ARGV[10])
-  head = redis.call('LINDEX', KEYS[8], 0) or ''
-end
 local fresh = redis.call('SETBIT', KEYS[1], ARGV[12], 1) == 0
 if fresh then
   redis.call('EXPIRE', KEYS[1], ARGV[1])
@@ -305,9 +300,28 @@ if fresh then
     redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
     redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
   end
-  return {1, head}
+  local n = tonumber(ARGV[15])
+  for i = 1, n do
+    local op, field, value = ARGV[13 + 3 * i], ARGV[14 + 3 * i], ARGV[15 + 3 * i]
+    local key = KEYS[10 + i]
+    if op == 'incr' then redis.call('HINCRBY', key, field, value)
+    elseif op == 'set' then redis.call('HSET', key, field, value)
+    else redis.call('HSETNX', key, field, value) end
+  end
+  if ARGV[13] ~= '' then
+    redis.call('HSET', KEYS[9], ARGV[10], ARGV[13])
+    redis.call('ZADD', KEYS[10], ARGV[14], ARGV[10])
+    return {1, ''}
+  end
+else
+  redis.call('HINCRBY', KEYS[5], 'updates_deduplicated', 1)
 end
-redis.call('HINCRBY', KEYS[5], 'updates_deduplicated', 1)
+local head = ''
+if ARGV[11] ~= '' then
+  redis.call('LREM', KEYS[8], 1, ARGV[10])
+  head = redis.call('LINDEX', KEYS[8], 0) or ''
+end
+if fresh then return {1, head} end
 return {0, head}
 "#;
 
@@ -320,14 +334,53 @@ redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 redis.call('HDEL', KEYS[3], ARGV[2])
 if ARGV[4] ~= '' then redis.call('LREM', KEYS[5], 1, ARGV[2]) end
-redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'update_id', ARGV[3], 'key', ARGV[4], 'update', ARGV[5], 'error', ARGV[6], 'deliveries', ARGV[7], 'failed_at', ARGV[8])
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'update_id', ARGV[3], 'key', ARGV[4], 'update', ARGV[5], 'error', ARGV[6], 'deliveries', ARGV[7], 'failed_at', ARGV[8], 'reply', ARGV[9])
 redis.call('HINCRBY', KEYS[4], 'updates_dead_lettered', 1)
+redis.call('HDEL', KEYS[6], ARGV[2])
+redis.call('ZREM', KEYS[7], ARGV[2])
 return 1
+"#;
+
+/// A kept reply went out: forget it, let its chat go on. Only deletions,
+/// so it runs on a full Redis too.
+const REPLY_SENT_LUA: &str = r#"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+local head = ''
+if ARGV[2] ~= '' then
+  redis.call('LREM', KEYS[4], 1, ARGV[1])
+  head = redis.call('LINDEX', KEYS[4], 0) or ''
+end
+return head
+"#;
+
+/// Replies whose lease ran out, leased anew to the caller, with how many
+/// times each was taken over (a reply that kills every worker sending it
+/// must end somewhere too).
+const ORPHANS_LUA: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for _, id in ipairs(ids) do
+  local body = redis.call('HGET', KEYS[2], id)
+  if body then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    local n = redis.call('HINCRBY', KEYS[3], id, 1)
+    table.insert(out, id)
+    table.insert(out, body)
+    table.insert(out, n)
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
 "#;
 
 pub struct Scripts {
     finish: redis::Script,
     dead: redis::Script,
+    reply_sent: redis::Script,
+    orphans: redis::Script,
 }
 
 impl Default for Scripts {
@@ -335,17 +388,63 @@ impl Default for Scripts {
         Self {
             finish: redis::Script::new(FINISH_LUA),
             dead: redis::Script::new(DEAD_LUA),
+            reply_sent: redis::Script::new(REPLY_SENT_LUA),
+            orphans: redis::Script::new(ORPHANS_LUA),
         }
     }
 }
 
 impl Scripts {
+    pub async fn reply_sent(
+        &self,
+        conn: &mut ConnectionManager,
+        entry_id: &str,
+        key: &str,
+    ) -> RedisResult<Option<String>> {
+        let mut inv = self.reply_sent.prepare_invoke();
+        inv.key(keys::REPLIES)
+            .key(keys::REPLIES_DUE)
+            .key(keys::FAILURES)
+            .key(keys::order(key))
+            .arg(entry_id)
+            .arg(key);
+        let head: String = inv.invoke_async(conn).await?;
+        Ok(Some(head).filter(|h| !h.is_empty()))
+    }
+
+    pub async fn orphan_replies(
+        &self,
+        conn: &mut ConnectionManager,
+        until_ms: i64,
+        count: usize,
+    ) -> RedisResult<Vec<super::OrphanReply>> {
+        let mut inv = self.orphans.prepare_invoke();
+        inv.key(keys::REPLIES_DUE)
+            .key(keys::REPLIES)
+            .key(keys::FAILURES)
+            .arg(now_ms())
+            .arg(until_ms)
+            .arg(count);
+        let flat: Vec<Value> = inv.invoke_async(conn).await?;
+        Ok(flat
+            .chunks(3)
+            .filter_map(|c| {
+                Some(super::OrphanReply {
+                    id: value_string(c.first()?)?,
+                    body: value_string(c.get(1)?)?,
+                    takeovers: value_u64(c.get(2)?)?,
+                })
+            })
+            .collect())
+    }
+
     pub async fn finish(
         &self,
         conn: &mut ConnectionManager,
         entry: &Entry,
-        user: Option<&UserTouch>,
+        done_: super::Completion<'_>,
     ) -> RedisResult<(bool, Option<String>)> {
+        let user = done_.user;
         let u = user.cloned().unwrap_or_default();
         let done = keys::done(entry.update_id);
         let mut inv = self.finish.prepare_invoke();
@@ -357,7 +456,12 @@ impl Scripts {
             .key(keys::STREAM)
             .key(keys::FAILURES)
             .key(keys::order(&entry.key))
-            .arg(keys::DONE_TTL_SECS)
+            .key(keys::REPLIES)
+            .key(keys::REPLIES_DUE);
+        for w in done_.writes {
+            inv.key(keys::kv(w.hash()));
+        }
+        inv.arg(keys::DONE_TTL_SECS)
             .arg(now_ms())
             .arg(if user.is_some() {
                 u.id.to_string()
@@ -372,7 +476,14 @@ impl Scripts {
             .arg(keys::GROUP)
             .arg(&entry.id)
             .arg(&entry.key)
-            .arg(done.bit);
+            .arg(done.bit)
+            .arg(done_.reply.unwrap_or(""))
+            .arg(done_.reply_lease_until_ms)
+            .arg(done_.writes.len());
+        for w in done_.writes {
+            let (op, field, value) = w.parts();
+            inv.arg(op).arg(field).arg(value);
+        }
         let (fresh, head): (i64, String) = inv.invoke_async(conn).await?;
         Ok((fresh == 1, Some(head).filter(|h| !h.is_empty())))
     }
@@ -387,6 +498,7 @@ impl Scripts {
         update: &[u8],
         error: &str,
         deliveries: u64,
+        reply: &str,
     ) -> RedisResult<()> {
         let mut inv = self.dead.prepare_invoke();
         inv.key(keys::STREAM)
@@ -394,6 +506,8 @@ impl Scripts {
             .key(keys::FAILURES)
             .key(keys::COUNTERS)
             .key(keys::order(key))
+            .key(keys::REPLIES)
+            .key(keys::REPLIES_DUE)
             .arg(keys::GROUP)
             .arg(id)
             .arg(update_id.map(|u| u.to_string()).unwrap_or_default())
@@ -401,10 +515,40 @@ impl Scripts {
             .arg(update)
             .arg(error)
             .arg(deliveries)
-            .arg(now_ms());
+            .arg(now_ms())
+            .arg(reply);
         let _: i64 = inv.invoke_async(conn).await?;
         Ok(())
     }
+}
+
+/// Pushes the lease ends of replies still being sent (only those still kept).
+pub async fn renew_replies(
+    conn: &mut ConnectionManager,
+    ids: &[String],
+    until_ms: i64,
+) -> RedisResult<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut cmd = redis::cmd("ZADD");
+    cmd.arg(keys::REPLIES_DUE).arg("XX");
+    for id in ids {
+        cmd.arg(until_ms).arg(id);
+    }
+    cmd.query_async::<i64>(conn).await.map(drop)
+}
+
+pub async fn kv_get(
+    conn: &mut ConnectionManager,
+    hash: &str,
+    field: &str,
+) -> RedisResult<Option<String>> {
+    redis::cmd("HGET")
+        .arg(keys::kv(hash))
+        .arg(field)
+        .query_async(conn)
+        .await
 }
 
 /// Counts a failed delivery; returns the failures so far.
@@ -564,6 +708,7 @@ pub async fn heads(
 const HEAL_LUA: &str = r#"
 if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[1] then return 0 end
 if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) > 0 then return 0 end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
 redis.call('LPOP', KEYS[2])
 return 1
 "#;
@@ -575,7 +720,10 @@ pub async fn heal_head(
 ) -> RedisResult<bool> {
     let script = redis::Script::new(HEAL_LUA);
     let mut inv = script.prepare_invoke();
-    inv.key(keys::STREAM).key(keys::order(order_key)).arg(head);
+    inv.key(keys::STREAM)
+        .key(keys::order(order_key))
+        .key(keys::REPLIES)
+        .arg(head);
     let n: i64 = inv.invoke_async(conn).await?;
     Ok(n == 1)
 }

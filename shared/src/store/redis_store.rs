@@ -7,8 +7,8 @@ use redis::aio::ConnectionManager;
 
 use super::redis_ops::{self, Scripts};
 use super::{
-    Budget, Claimed, ConsumerInfo, DeadLetterRequest, Depth, Head, Read, Store, StoreError,
-    StoreFuture, StoreResult, UserTouch,
+    Budget, Claimed, Completion, ConsumerInfo, DeadLetterRequest, Depth, Head, OrphanReply, Read,
+    Store, StoreError, StoreFuture, StoreResult,
 };
 use crate::envelope::{Enqueued, Enqueuer, Entry, Probe};
 use crate::keys;
@@ -341,11 +341,47 @@ impl Store for RedisStore {
     fn finish<'a>(
         &'a self,
         entry: &'a Entry,
-        user: Option<&'a UserTouch>,
+        done: Completion<'a>,
     ) -> StoreFuture<'a, (bool, Option<String>)> {
         async move {
             let mut c = self.conn.clone();
-            bounded(self.scripts.finish(&mut c, entry, user)).await
+            bounded(self.scripts.finish(&mut c, entry, done)).await
+        }
+        .boxed()
+    }
+
+    fn reply_sent<'a>(
+        &'a self,
+        entry_id: &'a str,
+        key: &'a str,
+    ) -> StoreFuture<'a, Option<String>> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(self.scripts.reply_sent(&mut c, entry_id, key)).await
+        }
+        .boxed()
+    }
+
+    fn renew_replies<'a>(&'a self, ids: &'a [String], until_ms: i64) -> StoreFuture<'a, ()> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::renew_replies(&mut c, ids, until_ms)).await
+        }
+        .boxed()
+    }
+
+    fn orphan_replies(&self, until_ms: i64, count: usize) -> StoreFuture<'_, Vec<OrphanReply>> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(self.scripts.orphan_replies(&mut c, until_ms, count)).await
+        }
+        .boxed()
+    }
+
+    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::kv_get(&mut c, hash, field)).await
         }
         .boxed()
     }
@@ -369,6 +405,7 @@ impl Store for RedisStore {
                 d.update,
                 d.error,
                 d.deliveries,
+                d.reply,
             ))
             .await
         }

@@ -1,0 +1,352 @@
+//! Delivering one entry: the dedupe check, the handler (errors and panics
+//! caught), the completion (writes, directory, "handled" mark, the reply
+//! kept), the reply sent, retries and dead letters.
+
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, error, info, warn};
+
+use shared::envelope::{now_ms, Entry};
+use shared::signals::Backoff;
+use shared::store::{Completion, DeadLetterRequest};
+
+use super::{panic_message, Consumer};
+use crate::dispatch::Outcome;
+use crate::replies::{self, Kept, Pass};
+
+impl Consumer {
+    pub(super) async fn deliver(
+        &self,
+        entry: Entry,
+        permit: OwnedSemaphorePermit,
+        known_done: Option<bool>,
+    ) {
+        let mut permit = Some(permit);
+        let mut known_done = known_done;
+        let mut lookup_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut lookup_deadline = None;
+        let mut attempts = 0u64;
+        loop {
+            // Cheap pre-check (made by the park pass for ordered entries, so
+            // at no extra round trip); the authoritative one is in the
+            // finish script. A retry asks afresh.
+            let done = match known_done.take() {
+                Some(d) => Ok(d),
+                None => self.store.is_done(entry.update_id).await,
+            };
+            let done = match done {
+                Ok(d) => d,
+                // Unknown whether it was handled: running the handler could
+                // answer twice. Not the update's failure - ask again with
+                // the slot freed; after a minute it stays pending for a
+                // later delivery.
+                Err(e) => {
+                    let wait = lookup_backoff.next_delay();
+                    let deadline = *lookup_deadline
+                        .get_or_insert_with(|| Instant::now() + Duration::from_secs(60));
+                    if Instant::now() + wait > deadline {
+                        warn!(error = %e, "cannot tell whether the update was handled; it stays pending");
+                        break;
+                    }
+                    debug!(error = %e, "cannot tell whether the update was handled; asking again in {wait:?}");
+                    drop(permit.take());
+                    tokio::time::sleep(wait).await;
+                    match self.slots.clone().acquire_owned().await {
+                        Ok(p) => permit = Some(p),
+                        Err(_) => break,
+                    }
+                    continue;
+                }
+            };
+            if done {
+                let (fresh, _) = self.finish(&entry, Completion::default()).await;
+                if !fresh {
+                    self.metrics.deduplicated.inc();
+                    info!("update already handled; acknowledged and skipped");
+                }
+                break;
+            }
+            let started = Instant::now();
+            let result = AssertUnwindSafe(self.handler.handle(&entry))
+                .catch_unwind()
+                .await;
+            self.metrics
+                .latency
+                .observe(started.elapsed().as_secs_f64());
+            let error = match result {
+                Ok(Ok(handled)) => {
+                    // The writes, the directory entry and the reply to send
+                    // are stored with the "handled" mark; the reply goes out
+                    // after (see `replies`).
+                    let kept = Kept::of(entry.update_id, &entry.key, &handled);
+                    let body = kept.as_ref().map(Kept::to_json);
+                    let completion = Completion {
+                        user: handled.user.as_ref(),
+                        writes: &handled.writes,
+                        reply: body.as_deref(),
+                        reply_lease_until_ms: self.lease_end(),
+                    };
+                    if !self.finish(&entry, completion).await.0 {
+                        self.metrics.deduplicated.inc();
+                        info!(
+                            "update was handled meanwhile by another delivery; not counted twice"
+                        );
+                        break;
+                    }
+                    let outcome = match kept {
+                        None => Some(Outcome::Counted),
+                        Some(mut kept) => self.send_kept(&entry.id, &mut kept, &mut permit).await,
+                    };
+                    if let Some(outcome) = outcome {
+                        self.metrics.handled(outcome.label());
+                        debug!(outcome = outcome.label(), "update handled");
+                    }
+                    break;
+                }
+                Ok(Err(e)) if !e.is_retry() => {
+                    // The handler says no delivery will fix it: dead letters
+                    // now, with its reason, not after the retries.
+                    self.metrics.failed.inc();
+                    let deliveries = self.store.count_failure(&entry.id).await.unwrap_or(1);
+                    error!(error = %e, "handler gave up; moving the update to the dead letters");
+                    self.dead_letter(&entry, &format!("gave up: {e}"), deliveries)
+                        .await;
+                    break;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!("handler panicked: {}", panic_message(&panic)),
+            };
+            self.metrics.failed.inc();
+            attempts += 1;
+            let failures = match self.store.count_failure(&entry.id).await {
+                Ok(n) => n.max(attempts),
+                // A full Redis refuses the count but still takes the dead
+                // letter (which frees the entry): count the attempts made
+                // here, so a poison update still ends instead of cycling.
+                Err(e) if e.is_out_of_memory() => attempts,
+                Err(e) => {
+                    // Cannot even count: leave the entry pending; once Redis
+                    // is back, the reclaimer hands it out again.
+                    warn!(error = %e, handler_error = %error, "failed, and Redis is unavailable; the entry stays pending");
+                    break;
+                }
+            };
+            if failures >= u64::from(self.settings.max_deliveries) {
+                error!(deliveries = failures, error = %error, "giving up; moving the update to the dead letters");
+                self.dead_letter(&entry, &error, failures).await;
+                break;
+            }
+            warn!(attempt = failures, error = %error, "handling failed; will retry");
+            // Free the slot while waiting, so a poison update does not
+            // starve healthy ones.
+            drop(permit.take());
+            let wait = Duration::from_millis(
+                (250u64 << failures.min(6)).min(self.settings.claim_idle.as_millis() as u64 / 2),
+            );
+            tokio::time::sleep(wait).await;
+            match self.slots.clone().acquire_owned().await {
+                Ok(p) => permit = Some(p),
+                Err(_) => break,
+            }
+        }
+        if let Ok(mut s) = self.inflight.lock() {
+            s.remove(&entry.id);
+        }
+        drop(permit);
+        // The chat's next entry may be parked here: let it go now.
+        self.wake.notify_one();
+    }
+
+    /// Runs the finish script until it succeeds. A reply already went out,
+    /// so there is no safe way to give up: an entry released without its
+    /// finish is reclaimed and, its done bit unset, answered again. Until
+    /// then the entry stays in flight here - the heartbeat keeps it from
+    /// being reclaimed, the handler slot stays taken (a Redis that cannot
+    /// finish entries gets no new ones from this worker) - and a shutdown
+    /// leaves it pending after the grace period, like a crash would. Each
+    /// try is bounded by the store's command timeout; the waits between
+    /// tries are short, to finish soon after Redis is back and before any
+    /// other worker could reclaim the entry. Returns whether the update was
+    /// fresh (not handled before) and its chat's next entry.
+    pub(super) async fn finish(
+        &self,
+        entry: &Entry,
+        done: Completion<'_>,
+    ) -> (bool, Option<String>) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+        let started = Instant::now();
+        let mut next_report = Duration::from_secs(60);
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            match self.store.finish(entry, done).await {
+                Ok(fresh) => {
+                    if started.elapsed() >= Duration::from_secs(60) {
+                        info!(
+                            waited_s = started.elapsed().as_secs(),
+                            "marked the update handled at last"
+                        );
+                    }
+                    return fresh;
+                }
+                Err(e) if started.elapsed() < next_report => {
+                    // Once per entry and then once a minute: a long refusal
+                    // must not flood the log with a line per retry.
+                    if tries == 1 {
+                        warn!(error = %e, "could not mark the update handled; retrying");
+                    } else {
+                        debug!(error = %e, "could not mark the update handled; retrying");
+                    }
+                }
+                Err(e) => {
+                    next_report += Duration::from_secs(60);
+                    error!(error = %e, waited_s = started.elapsed().as_secs(), "still cannot mark the update handled; holding it (never answered twice) and retrying");
+                }
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    pub(super) async fn dead_letter(&self, entry: &Entry, reason: &str, deliveries: u64) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let request = DeadLetterRequest {
+            id: &entry.id,
+            update_id: Some(entry.update_id),
+            key: &entry.key,
+            update: &entry.update,
+            error: reason,
+            deliveries,
+            reply: "",
+        };
+        for _ in 0..20 {
+            match self.store.dead_letter(request).await {
+                Ok(()) => {
+                    self.metrics.dead_lettered.inc();
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not dead-letter yet; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+        error!("could not dead-letter; the entry stays pending and is retried later");
+    }
+
+    pub(super) async fn dead_letter_unreadable(&self, id: &str, reason: &str) {
+        error!(
+            entry = id,
+            reason, "unreadable stream entry; moving it to the dead letters"
+        );
+        let request = DeadLetterRequest {
+            id,
+            update_id: None,
+            key: "",
+            update: b"",
+            error: reason,
+            deliveries: 1,
+            reply: "",
+        };
+        if let Err(e) = self.store.dead_letter(request).await {
+            warn!(error = %e, "could not dead-letter the unreadable entry; it stays pending");
+        } else {
+            self.metrics.dead_lettered.inc();
+        }
+    }
+
+    /// When a reply kept now may be taken over by another worker, unless
+    /// the heartbeat renews it first.
+    pub(super) fn lease_end(&self) -> i64 {
+        now_ms() + self.settings.claim_idle.as_millis() as i64
+    }
+
+    /// Sends a kept reply, retrying what Telegram failed (5xx, network
+    /// after the sender's own retries) up to `WORKER_MAX_DELIVERIES` times
+    /// with the slot freed between tries; then forgets it. `None` when it
+    /// was dead-lettered.
+    pub(super) async fn send_kept(
+        &self,
+        id: &str,
+        kept: &mut Kept,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Option<Outcome> {
+        let mut attempts = 0u64;
+        loop {
+            match replies::send(&self.sender, &self.metrics, kept).await {
+                Pass::Ended(outcome) => {
+                    self.reply_sent(id, &kept.key).await;
+                    return Some(outcome);
+                }
+                Pass::Failed(e) => {
+                    attempts += 1;
+                    self.metrics.failed.inc();
+                    if attempts >= u64::from(self.settings.max_deliveries) {
+                        let reason = format!("reply could not be sent: {e}");
+                        error!(deliveries = attempts, error = %e, "giving up on the reply; moving it to the dead letters");
+                        self.dead_letter_kept(id, kept, &reason, attempts).await;
+                        return None;
+                    }
+                    warn!(attempt = attempts, error = %e, "sending the reply failed; will retry");
+                    drop(permit.take());
+                    let wait = Duration::from_millis(
+                        (250u64 << attempts.min(6))
+                            .min(self.settings.claim_idle.as_millis() as u64 / 2),
+                    );
+                    tokio::time::sleep(wait).await;
+                    *permit = self.slots.clone().acquire_owned().await.ok();
+                }
+            }
+        }
+    }
+
+    /// Forgets a sent reply, retrying for a minute while Redis is away;
+    /// after that its lease runs out and another worker sends it again
+    /// (the one way a reply goes out twice, said in the log).
+    pub(super) async fn reply_sent(&self, id: &str, key: &str) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let started = Instant::now();
+        loop {
+            match self.store.reply_sent(id, key).await {
+                Ok(_) => return,
+                Err(e) if started.elapsed() < Duration::from_secs(60) => {
+                    debug!(error = %e, "could not mark the reply sent; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => {
+                    error!(error = %e, "could not mark the reply sent for a minute; another worker may send it again");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) async fn dead_letter_kept(
+        &self,
+        id: &str,
+        kept: &Kept,
+        reason: &str,
+        deliveries: u64,
+    ) {
+        let body = kept.to_json();
+        let request = DeadLetterRequest {
+            id,
+            update_id: Some(kept.update_id),
+            key: &kept.key,
+            // The update itself was handled (its writes applied): replaying
+            // it would be skipped as a duplicate. The reply is kept instead,
+            // and `replay-dead` sends it.
+            update: b"",
+            error: reason,
+            deliveries,
+            reply: &body,
+        };
+        if let Err(e) = self.store.dead_letter(request).await {
+            warn!(error = %e, "could not dead-letter the reply; its lease runs out and it is tried again");
+        } else {
+            self.metrics.dead_lettered.inc();
+        }
+    }
+}
