@@ -302,24 +302,32 @@ impl Consumer {
         }
     }
 
-    /// Forgets a sent reply, retrying for a minute while Redis is away;
-    /// after that its lease runs out and another worker sends it again
-    /// (the one way a reply goes out twice, said in the log).
-    pub(super) async fn reply_sent(&self, id: &str, key: &str) {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    /// Forgets a sent reply, retrying until Redis takes it. Giving up
+    /// would let the lease run out and another worker send the reply
+    /// again, so the reply stays in flight here (the heartbeat renews its
+    /// lease) for as long as Redis refuses writes, as the finish does.
+    async fn reply_sent(&self, id: &str, key: &str) {
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let started = Instant::now();
+        let mut next_report = Duration::from_secs(60);
+        let mut tries = 0u32;
         loop {
+            tries += 1;
             match self.store.reply_sent(id, key).await {
                 Ok(_) => return,
-                Err(e) if started.elapsed() < Duration::from_secs(60) => {
-                    debug!(error = %e, "could not mark the reply sent; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
+                Err(e) if started.elapsed() < next_report => {
+                    if tries == 1 {
+                        warn!(error = %e, "could not mark the reply sent; retrying");
+                    } else {
+                        debug!(error = %e, "could not mark the reply sent; retrying");
+                    }
                 }
                 Err(e) => {
-                    error!(error = %e, "could not mark the reply sent for a minute; another worker may send it again");
-                    return;
+                    next_report += Duration::from_secs(60);
+                    error!(error = %e, waited_s = started.elapsed().as_secs(), "still cannot mark the reply sent; holding it (never sent twice) and retrying");
                 }
             }
+            tokio::time::sleep(backoff.next_delay()).await;
         }
     }
 
