@@ -15,7 +15,7 @@ pub struct Faults {
     /// Every k-th sendMessage (counting all sendMessage calls that passed
     /// validation) is answered 429.
     pub rate_limit_every: Option<u64>,
-    /// Probability in [0,1] that a sendMessage is answered 429.
+    /// Probability in `[0, 1]` that a sendMessage is answered 429.
     pub rate_limit_probability: f64,
     /// `retry_after` for scripted 429s, seconds.
     pub retry_after_secs: u64,
@@ -25,7 +25,7 @@ pub struct Faults {
     pub missing_chats: HashSet<i64>,
     /// Every k-th sendMessage is answered with `server_error_status`.
     pub server_error_every: Option<u64>,
-    /// Probability in [0,1] that a sendMessage gets `server_error_status`.
+    /// Probability in `[0, 1]` that a sendMessage gets `server_error_status`.
     pub server_error_probability: f64,
     /// 500 (JSON error body) or 502 (an nginx HTML page, as Telegram's
     /// front end answers when the back end is down).

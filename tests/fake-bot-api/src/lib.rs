@@ -38,7 +38,7 @@
 //! - `server`: the axum handler - parse, check, delay, record, answer;
 //! - `params`: parameters from query, JSON or form bodies, checked
 //!   against the method's spec;
-//! - [`spec`]: the spec file, loaded once, and the recursive type checks;
+//! - [`mod@spec`]: the spec file, loaded once, and the recursive type checks;
 //! - `methods`, `polling`: what each method does (getUpdates on its own);
 //! - `rules`: inline keyboard, HTML and MarkdownV2 rules of the real API;
 //! - [`updates`]: realistic updates to feed a bot (shaped after the real
