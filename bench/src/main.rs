@@ -131,7 +131,7 @@ struct Opts {
 enum FakeKind {
     /// bench/src/lean_fake.rs: minimal answers, counts sendMessage.
     Lean,
-    /// tests/src/fake_bot_api.rs: validates every call against the spec.
+    /// tests/fake-bot-api (crate `fake-bot-api`): validates every call against the spec.
     Spec,
 }
 
@@ -292,7 +292,7 @@ impl Fake {
 fn kind_name(k: FakeKind) -> &'static str {
     match k {
         FakeKind::Lean => "lean (bench/src/lean_fake.rs)",
-        FakeKind::Spec => "spec-checking e2e fake (tests/src/fake_bot_api.rs)",
+        FakeKind::Spec => "spec-checking e2e fake (tests/fake-bot-api)",
     }
 }
 

@@ -4,19 +4,21 @@
 
 pub mod accounting;
 pub mod container;
-pub mod fake_bot_api;
 pub mod harness;
 pub mod slow_client;
 pub mod stack;
 pub mod updates;
 
+/// The fake Bot API (its own crate, shared with `worker::testkit`), still
+/// reachable as `e2e::fake_bot_api`.
+pub use fake_bot_api;
 pub use fake_bot_api::{FakeBotApi, BOT_USERNAME};
 pub use harness::{assert_token_absent, RedisServer, Service};
 pub use stack::Stack;
 
-/// The bot token every test uses. Shaped like a real one, and loud enough
-/// to spot if it ever reaches a log line.
-pub const TOKEN: &str = "123456789:AAE_test-token-DO-NOT-LEAK_xyz";
+/// The bot token every test uses (the fake's). Shaped like a real one, and
+/// loud enough to spot if it ever reaches a log line.
+pub const TOKEN: &str = fake_bot_api::TOKEN;
 /// The public webhook URL the ingress registers.
 pub const WEBHOOK_URL: &str = "https://bot.example.test/telegram/webhook/";
 pub const WEBHOOK_SECRET: &str = "testsecret";

@@ -71,6 +71,7 @@ pub fn merge_env(base: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(St
 pub struct StackBuilder {
     ingress: bool,
     workers: usize,
+    worker_bin: WorkerBin,
     ingress_env: Vec<(String, String)>,
     worker_env: Vec<(String, String)>,
     redis: RedisOptions,
@@ -85,6 +86,18 @@ impl StackBuilder {
 
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
+        self
+    }
+
+    /// Run another bot's binary as the workers (a team's bot built on the
+    /// engine, e.g. `("echo-bot", &["worker"])`: examples default to the
+    /// all-in-one, so they need the argument). Its operator commands
+    /// ([`Stack::worker_command`]) go through the same binary.
+    pub fn worker_bin(mut self, bin: &str, args: &[&str]) -> Self {
+        self.worker_bin = WorkerBin {
+            bin: bin.to_owned(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
         self
     }
 
@@ -119,6 +132,7 @@ impl StackBuilder {
             ingress: None,
             ingress_port: 0,
             workers: Vec::new(),
+            worker_bin: self.worker_bin,
             extra_ingress_env: self.ingress_env,
             extra_worker_env: self.worker_env,
         };
@@ -135,6 +149,23 @@ impl StackBuilder {
     }
 }
 
+/// The binary the stack runs as its workers, and the arguments that make
+/// it one.
+#[derive(Debug, Clone)]
+struct WorkerBin {
+    bin: String,
+    args: Vec<String>,
+}
+
+impl Default for WorkerBin {
+    fn default() -> Self {
+        Self {
+            bin: "worker".into(),
+            args: Vec::new(),
+        }
+    }
+}
+
 /// A running system under test.
 pub struct Stack {
     pub api: FakeBotApi,
@@ -142,6 +173,7 @@ pub struct Stack {
     pub ingress: Option<Service>,
     pub ingress_port: u16,
     pub workers: Vec<Service>,
+    worker_bin: WorkerBin,
     extra_ingress_env: Vec<(String, String)>,
     extra_worker_env: Vec<(String, String)>,
 }
@@ -152,6 +184,7 @@ impl Stack {
         StackBuilder {
             ingress: true,
             workers: 1,
+            worker_bin: WorkerBin::default(),
             ingress_env: Vec::new(),
             worker_env: Vec::new(),
             redis: RedisOptions::default(),
@@ -205,15 +238,15 @@ impl Stack {
         }
     }
 
-    /// An operator command of `worker` (`queue ...`), run to its exit with
-    /// the stack's worker environment.
+    /// An operator command of the worker binary (`queue ...`), run to its
+    /// exit with the stack's worker environment.
     pub async fn worker_command(
         &self,
         args: &[&str],
     ) -> (std::process::ExitStatus, String, String) {
         let env = self.worker_env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        crate::harness::run_to_exit("worker", args, &env, Duration::from_secs(30)).await
+        crate::harness::run_to_exit(&self.worker_bin.bin, args, &env, Duration::from_secs(30)).await
     }
 
     /// `worker queue dead --json` as an operator runs it: exit 0, a JSON
@@ -253,7 +286,9 @@ impl Stack {
     /// [`Self::wait_workers_joined`]).
     pub fn spawn_worker(&mut self, extra: &[(&str, &str)]) -> usize {
         let env = merge_env(self.worker_env(), extra);
-        self.workers.push(Service::spawn_owned("worker", &[], &env));
+        let args: Vec<&str> = self.worker_bin.args.iter().map(String::as_str).collect();
+        self.workers
+            .push(Service::spawn_owned(&self.worker_bin.bin, &args, &env));
         self.workers.len() - 1
     }
 

@@ -19,7 +19,9 @@
 //! - [`sender`]: Bot API calls under the shared budget, 429 and retries;
 //! - [`menu`]: publishes the command menu once per change;
 //! - [`cli`], [`admin`]: the operator commands (`queue stats|dead|replay-dead`);
-//! - [`health`], [`metrics`]: `/healthz` and `/metrics` on `METRICS_PORT`.
+//! - [`health`], [`metrics`]: `/healthz` and `/metrics` on `METRICS_PORT`;
+//! - `testkit` (feature `testkit`): a bot's tests in-process, on the
+//!   embedded queue against the spec-checked fake Bot API.
 
 pub mod admin;
 pub mod bot;
@@ -34,6 +36,8 @@ pub mod metrics;
 pub mod replies;
 pub mod reply;
 pub mod sender;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 pub use bot::Bot;
 pub use commands::{CommandInfo, Description};
