@@ -63,7 +63,9 @@ async fn stats_right_after_greetings_counts_every_greeted_user() {
             "round {round}: /stats counted {total} users, {want} were greeted or asked before: {text:?}"
         );
     }
-    println!("DIRECTORY: /stats right after the greetings counted (got, greeted before): {counted:?}");
+    println!(
+        "DIRECTORY: /stats right after the greetings counted (got, greeted before): {counted:?}"
+    );
     s.assert_clean();
 }
 
