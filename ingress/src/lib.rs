@@ -1,7 +1,19 @@
 //! The ingress: the public HTTP service Telegram calls. It checks the secret,
 //! makes each update durable in the Redis stream and answers at once; in
 //! polling mode it runs the single leased poller instead of waiting for
-//! webhooks. It never handles updates itself.
+//! webhooks. It never handles updates itself, and it is generic: it stores
+//! any bot's updates and is never rebuilt when handlers change.
+//!
+//! # Layout
+//!
+//! An update's path: [`server`] accepts connections with bounded header,
+//! body, idle and drain times; [`http`] checks the secret and the body and
+//! enqueues (200 only once stored), and serves the health endpoints;
+//! [`metrics`] counts. Alongside: [`registration`] sets and watches the
+//! webhook once per configuration change, [`poller`] is the single leased
+//! `getUpdates` loop when no public URL exists, [`miniapp`] is the optional
+//! Mini App (page and initData-checked `/api/me`), and [`cli`] holds
+//! `ingress webhook info|set|delete`.
 
 pub mod cli;
 pub mod http;

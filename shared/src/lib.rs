@@ -3,6 +3,20 @@
 //!
 //! `ingress` and `worker` never depend on each other; they meet only through
 //! the Redis stream, so everything that shapes that meeting point lives here.
+//! Nothing here knows a service or a bot.
+//!
+//! # Layout
+//!
+//! An update's path through this crate: [`envelope`] checks a body and
+//! shapes the stream entry; [`store`] holds the queue ([`store::RedisStore`]
+//! for production, [`store::MemoryStore`] embedded) - enqueue, consumer
+//! group, completion, kept replies, dead letters, the send budget - under
+//! the key names of [`keys`], over connections from [`redis_conn`];
+//! [`botapi`] talks to Telegram (token scrubbed from every error);
+//! [`stats`] reads the user directory. Around it: [`config`] (parsed once),
+//! [`instance`] (one identity per process), [`secret`] (the derived webhook
+//! secret, constant-time comparison), [`signals`] (SIGTERM/SIGINT, backoff)
+//! and [`telemetry`] (logging that never blocks).
 
 pub mod botapi;
 pub mod config;

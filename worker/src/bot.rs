@@ -1,10 +1,26 @@
 //! The builder a team writes its bot with: state, commands, handlers.
 //!
-//! ```ignore
-//! Bot::new(App::default())
-//!     .command("ping", "Is the bot alive?", ping)
-//!     .on_message(echo)
-//!     .run_from_env()
+//! ```no_run
+//! use worker::types::Message;
+//! use worker::{Bot, Ctx, HandlerError, Reply};
+//!
+//! #[derive(Default)]
+//! struct App;
+//!
+//! async fn ping(_ctx: Ctx<App>, _msg: Message) -> Result<Reply, HandlerError> {
+//!     Ok(Reply::text("pong"))
+//! }
+//!
+//! async fn echo(_ctx: Ctx<App>, msg: Message) -> Result<Reply, HandlerError> {
+//!     Ok(msg.text().map_or_else(Reply::none, Reply::text))
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     Bot::new(App)
+//!         .command("ping", "Is the bot alive?", ping)
+//!         .on_message(echo)
+//!         .run_from_env()
+//! }
 //! ```
 //!
 //! Handlers are plain async functions taking a [`Ctx`] and the typed

@@ -3,10 +3,14 @@
 //! recording, spec-checked fake Bot API. No binaries, no Redis, no ports
 //! but the fake's own on 127.0.0.1.
 //!
-//! ```ignore
+//! ```no_run
+//! # use worker::{Bot, Reply, testkit::TestKit};
+//! # fn my_bot() -> Bot<()> { Bot::new(()).command("ping", "Ping", |_, _| async { Ok(Reply::text("pong")) }) }
+//! # async fn run() {
 //! let kit = TestKit::start(my_bot()).await;
 //! assert_eq!(kit.ask_text(42, "/ping").await, "pong");
 //! kit.stop().await; // also fails the test on any Bot API spec violation
+//! # }
 //! ```
 //!
 //! Updates go in through the store exactly as the ingress puts them
@@ -219,7 +223,11 @@ impl TestKit {
             {
                 return Ending::DeadLettered(d);
             }
-            if self.store.is_done(update_id).await.unwrap_or(false) {
+            // Handled means its reply is out too: the "handled" mark comes
+            // first, the reply after it.
+            if self.store.is_done(update_id).await.unwrap_or(false)
+                && self.store.kept_replies() == 0
+            {
                 return Ending::Handled;
             }
             self.assert_running();

@@ -18,7 +18,7 @@ const COUNTS: &str = "counts";
 pub struct Counters;
 
 pub fn bot() -> Bot<Counters> {
-    Bot::new(Counters::default())
+    Bot::new(Counters)
         .command("start", "Show the counter", start)
         .on_callback_query(press)
 }

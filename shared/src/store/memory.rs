@@ -174,6 +174,12 @@ impl MemoryStore {
             .unwrap_or_default()
     }
 
+    /// Replies of handled updates not yet sent (an update has ended for its
+    /// user only once its reply is out).
+    pub fn kept_replies(&self) -> usize {
+        self.state.lock().map(|s| s.replies.len()).unwrap_or(0)
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         // A panic while holding the lock cannot leave the maps half-changed
         // in a way the next caller would trip over; carry on with them.
