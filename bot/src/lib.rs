@@ -45,4 +45,5 @@ pub fn bot() -> Bot<App> {
         Description::new("List of commands").lang("ru", "Список команд"),
         commands::help::run,
     )
+    .on_callback_query(commands::stats::press)
 }

@@ -100,6 +100,13 @@ pub fn app_private_button(lang: Lang) -> &'static str {
     }
 }
 
+pub fn refresh(lang: Lang) -> &'static str {
+    match lang {
+        Lang::Ru => "Обновить",
+        Lang::En => "Refresh",
+    }
+}
+
 pub fn app_not_configured(lang: Lang) -> &'static str {
     match lang {
         Lang::Ru => {

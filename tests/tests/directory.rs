@@ -112,3 +112,81 @@ async fn a_user_first_seen_in_a_group_is_greeted_not_welcomed_back() {
     assert!(second.starts_with("Welcome back, Grouper"), "{second:?}");
     s.assert_clean();
 }
+
+/// SPEC: `/stats` comes with a "Refresh" button; pressing it answers the
+/// callback query and edits that message with fresh numbers.
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_refresh_answers_the_button_and_edits_the_numbers() {
+    let Some(s) = Stack::start().await else {
+        return;
+    };
+    let uid = 772_001;
+    s.post_ok(&private_command(
+        next_update_id(),
+        uid,
+        "Counter",
+        Some("en"),
+        "/stats",
+    ))
+    .await;
+    let stats = s.wait_nth_reply(uid, 1, T).await;
+    let button = &stats.param("reply_markup")["inline_keyboard"][0][0];
+    assert_eq!(button["text"], "Refresh", "{stats:?}");
+    let data = button["callback_data"].as_str().expect("callback data");
+    let before = stat(stats.shown_text(), "Updates handled:").expect("a number");
+
+    // More traffic, then the press.
+    for i in 0..3 {
+        s.post_ok(&private_command(
+            next_update_id(),
+            uid + 1 + i,
+            "Other",
+            Some("en"),
+            "/help",
+        ))
+        .await;
+        s.wait_nth_reply(uid + 1 + i, 1, T).await;
+    }
+    let press = e2e::updates::callback_query(
+        next_update_id(),
+        uid,
+        "Counter",
+        Some("en"),
+        &stats.response["result"],
+        data,
+    );
+    s.post_ok(&press).await;
+    s.wait_calls("the answer and the edit", T, |calls| {
+        calls
+            .iter()
+            .any(|c| c.method == "editMessageText" && c.ok())
+    })
+    .await;
+    let calls = s.api.calls();
+    let answer = calls
+        .iter()
+        .position(|c| c.method == "answerCallbackQuery" && c.ok())
+        .expect("answerCallbackQuery");
+    let edit_at = calls
+        .iter()
+        .position(|c| c.method == "editMessageText" && c.ok())
+        .expect("editMessageText");
+    assert!(answer < edit_at, "the spinner stops first");
+    let edit = &calls[edit_at];
+    assert_eq!(
+        edit.param("message_id"),
+        &stats.response["result"]["message_id"]
+    );
+    let text = edit.param("text").as_str().unwrap_or("").to_owned();
+    let after = stat(&text, "Updates handled:").expect("a number");
+    println!("DIRECTORY: Refresh: updates handled {before} -> {after}");
+    assert!(
+        after >= before + 3,
+        "fresh numbers: {before} -> {after}: {text:?}"
+    );
+    assert_eq!(
+        edit.param("reply_markup")["inline_keyboard"][0][0]["text"],
+        "Refresh"
+    );
+    s.assert_clean();
+}
