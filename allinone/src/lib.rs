@@ -93,9 +93,11 @@ pub async fn run_all_in_one<S: Send + Sync + 'static>(config: Config, bot: Bot<S
                 Arc::new(MemoryStore::new())
             }
         };
+        let pages = ingress::mini_app(&config, store.clone());
         let ingress = tokio::spawn(ingress::serve_with(
             config.clone(),
             store.clone(),
+            pages,
             cancel.clone(),
         ));
         let worker = tokio::spawn(worker::run_with(config, store, bot, cancel.clone()));

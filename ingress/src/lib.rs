@@ -54,13 +54,34 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Ingr
     let store = RedisStore::open(&redis_url).map_err(IngressError::Redis)?;
     info!(redis = %redact_url(&redis_url), "using Redis");
     store.spawn_durability_report();
-    serve_with(config, Arc::new(store), cancel).await
+    let store: Arc<dyn Store> = Arc::new(store);
+    let pages = mini_app(&config, store.clone());
+    serve_with(config, store, pages, cancel).await
 }
 
-/// Serves with any store: the all-in-one passes its embedded one.
+/// The shipped Mini App's routes (`/app/`, `/api/me`): what the stock
+/// `ingress` serves beside the webhook. Empty with the bot disabled: the
+/// API checks initData signatures with the token, so with no token there
+/// is nothing to sign against.
+pub fn mini_app(config: &Config, store: Arc<dyn Store>) -> axum::Router {
+    match config.token.clone() {
+        Some(token) => miniapp::router(miniapp::MiniAppState {
+            store,
+            token,
+            max_age: config.initdata_max_age,
+        }),
+        None => axum::Router::new(),
+    }
+}
+
+/// Serves with any store (the all-in-one passes its embedded one) and any
+/// extra routes merged beside the webhook and health endpoints: the
+/// shipped Mini App ([`mini_app`]), a team's own pages, or none
+/// (`axum::Router::new()`) - without forking the ingress.
 pub async fn serve_with(
     config: Config,
     store: Arc<dyn Store>,
+    pages: axum::Router,
     cancel: CancellationToken,
 ) -> Result<(), IngressError> {
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -76,16 +97,7 @@ pub async fn serve_with(
         secret: (!config.disabled).then(|| config.webhook_secret.clone()),
         metrics: Arc::new(metrics::Metrics::default()),
     });
-    let mut app = http::router(state.clone());
-    // The Mini App API checks initData signatures with the token; with the
-    // bot disabled there is nothing to sign against, so it is not served.
-    if let Some(token) = config.token.clone() {
-        app = app.merge(miniapp::router(miniapp::MiniAppState {
-            store: store.clone(),
-            token,
-            max_age: config.initdata_max_age,
-        }));
-    }
+    let app = http::router(state.clone()).merge(pages);
 
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::channel::<registration::SetupError>(1);
     match (&config.token, config.disabled) {
