@@ -46,4 +46,15 @@ pub fn bot() -> Bot<App> {
         commands::help::run,
     )
     .on_callback_query(commands::stats::press)
+    // Counted, not answered (SPEC: edits, member changes...): received so
+    // the statistics and the user directory see them.
+    .receive(&[
+        "edited_message",
+        "channel_post",
+        "edited_channel_post",
+        "my_chat_member",
+        "chat_member",
+        "chat_join_request",
+        "message_reaction",
+    ])
 }

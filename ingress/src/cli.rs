@@ -89,7 +89,19 @@ pub async fn set(config: &Config, drop_pending: bool) -> Result<String, CliError
     let url = config.webhook_url.as_ref().ok_or(CliError::NoUrl)?;
     let api = api(config)?;
     let deadline = Some(tokio::time::Instant::now() + SET_BUDGET);
-    registration::set_webhook(&api, url, &config.webhook_secret, drop_pending, deadline).await?;
+    let allowed: Vec<String> = registration::ALLOWED_UPDATES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    registration::set_webhook(
+        &api,
+        url,
+        &config.webhook_secret,
+        drop_pending,
+        deadline,
+        &allowed,
+    )
+    .await?;
     Ok(format!("Webhook set: {url}\n"))
 }
 

@@ -23,7 +23,7 @@ use shared::signals::Backoff;
 use shared::store::Store;
 
 use crate::metrics::Metrics;
-use crate::registration::{retrying, SetupError, ALLOWED_UPDATES};
+use crate::registration::{allowed_updates, retrying, SetupError};
 
 /// Seconds Telegram may hold a `getUpdates` open.
 pub const POLL_TIMEOUT_SECS: u64 = 10;
@@ -107,10 +107,13 @@ impl Poller {
                     continue;
                 }
             };
+            // Read each time: the workers publish their bot's kinds when
+            // they start, maybe after this poller did.
+            let allowed = allowed_updates(self.store.as_ref()).await;
             let mut params = json!({
                 "timeout": POLL_TIMEOUT_SECS,
                 "limit": 100,
-                "allowed_updates": ALLOWED_UPDATES,
+                "allowed_updates": allowed,
             });
             if let Some(o) = offset {
                 params["offset"] = json!(o);

@@ -20,8 +20,9 @@ use shared::keys;
 use shared::signals::Backoff;
 use shared::store::Store;
 
-/// The update types the bot asks for. Explicit, because Telegram's default
-/// leaves out member and reaction updates the worker counts.
+/// The update kinds asked for until a worker has published its bot's own
+/// list ([`allowed_updates`]). Explicit, because Telegram's default leaves
+/// out member and reaction updates.
 pub const ALLOWED_UPDATES: &[&str] = &[
     "message",
     "edited_message",
@@ -108,16 +109,41 @@ where
     }
 }
 
+/// What identifies a deployment's webhook. The allowed updates are not in
+/// it: they follow the workers' published list and are brought in line by
+/// the watch, without counting as "another deployment's webhook".
 pub fn fingerprint(url: &Url, secret: &str) -> String {
     let mut h = Sha256::new();
     h.update(url.as_str());
     h.update(b"\0");
     h.update(secret);
     h.update(b"\0");
-    h.update(ALLOWED_UPDATES.join(","));
-    h.update(b"\0");
     h.update(MAX_CONNECTIONS.to_string());
     hex::encode(h.finalize())
+}
+
+/// The update kinds to ask Telegram for: what the workers' bot handles, as
+/// they published it, or [`ALLOWED_UPDATES`] before any worker did (or
+/// when Redis cannot say).
+pub async fn allowed_updates(store: &dyn Store) -> Vec<String> {
+    store
+        .get(keys::ALLOWED_UPDATES)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_str::<Vec<String>>(&v).ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| ALLOWED_UPDATES.iter().map(|s| s.to_string()).collect())
+}
+
+fn same_kinds(a: Option<&Vec<String>>, b: &[String]) -> bool {
+    let mut a: Vec<&str> = a
+        .map(|v| v.iter().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mut b: Vec<&str> = b.iter().map(String::as_str).collect();
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
 }
 
 pub async fn identify(api: &BotApi) -> Result<User, SetupError> {
@@ -136,11 +162,12 @@ pub async fn set_webhook(
     secret: &str,
     drop_pending: bool,
     deadline: Option<Instant>,
+    allowed: &[String],
 ) -> Result<(), SetupError> {
     let params = json!({
         "url": url.as_str(),
         "secret_token": secret,
-        "allowed_updates": ALLOWED_UPDATES,
+        "allowed_updates": allowed,
         "max_connections": MAX_CONNECTIONS,
         "drop_pending_updates": drop_pending,
     });
@@ -179,14 +206,18 @@ pub async fn configure_webhook(
             }
         };
         let info = retrying("getWebhookInfo", || api.get_webhook_info()).await?;
-        if stored.as_deref() == Some(fp.as_str()) && info.url == url.as_str() {
+        let allowed = allowed_updates(store).await;
+        if stored.as_deref() == Some(fp.as_str())
+            && info.url == url.as_str()
+            && same_kinds(info.allowed_updates.as_ref(), &allowed)
+        {
             info!("Webhook already set: {url} (configuration unchanged)");
             break;
         }
         let lock = store.try_lock(keys::WEBHOOK_LOCK, holder, 30_000).await;
         match lock {
             Ok(true) => {
-                let result = set_webhook(api, url, secret, drop_pending, None).await;
+                let result = set_webhook(api, url, secret, drop_pending, None, &allowed).await;
                 if result.is_ok() {
                     let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
                 }
@@ -273,7 +304,9 @@ pub async fn watch_webhook(
             last_error_date = Some(date);
         }
         first = false;
-        if info.url == url.as_str() {
+        let allowed = allowed_updates(store).await;
+        let ours = info.url == url.as_str();
+        if ours && same_kinds(info.allowed_updates.as_ref(), &allowed) {
             continue;
         }
         // A newer configuration of this deployment (a redeploy with another
@@ -296,14 +329,21 @@ pub async fn watch_webhook(
         // Under the lock, look again: another replica may just have fixed it.
         let result = async {
             let now = retrying("getWebhookInfo", || api.get_webhook_info()).await?;
-            if now.url == url.as_str() {
+            if now.url == url.as_str() && same_kinds(now.allowed_updates.as_ref(), &allowed) {
                 return Ok(());
             }
-            warn!(
-                "the webhook was changed or deleted outside this deployment (Telegram had: {}); setting it again",
-                if now.url.is_empty() { "none" } else { &now.url }
-            );
-            set_webhook(api, url, secret, false, None).await?;
+            if now.url == url.as_str() {
+                info!(
+                    allowed_updates = %allowed.join(","),
+                    "the workers' bot handles other update kinds now; updating the webhook"
+                );
+            } else {
+                warn!(
+                    "the webhook was changed or deleted outside this deployment (Telegram had: {}); setting it again",
+                    if now.url.is_empty() { "none" } else { &now.url }
+                );
+            }
+            set_webhook(api, url, secret, false, None, &allowed).await?;
             let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
             info!("Webhook set: {url}");
             Ok(())

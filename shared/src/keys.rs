@@ -103,6 +103,11 @@ pub const COUNTERS: &str = "tgbot:counters";
 pub const WEBHOOK_LOCK: &str = "tgbot:webhook:lock";
 pub const WEBHOOK_FINGERPRINT: &str = "tgbot:webhook:fingerprint";
 
+/// The update kinds the bot's handlers take (JSON array), published by the
+/// workers; the ingress asks Telegram for exactly these (setWebhook or
+/// getUpdates `allowed_updates`).
+pub const ALLOWED_UPDATES: &str = "tgbot:allowed-updates";
+
 /// The command menu, published by the workers from their registry: the
 /// same lock-plus-fingerprint agreement as the webhook.
 pub const MENU_LOCK: &str = "tgbot:menu:lock";

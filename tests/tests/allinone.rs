@@ -115,7 +115,7 @@ async fn all_in_one_without_redis_uses_the_embedded_queue() {
         bot.logs_tail()
     );
     converse(&api, &mut bot, port).await;
-    assert!(!bot.logs().contains("6379"), "{}", bot.logs());
+    assert!(!bot.logs().contains(":6379"), "{}", bot.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]

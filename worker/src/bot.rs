@@ -72,6 +72,8 @@ pub(crate) struct Handlers<S> {
     pub(crate) on_callback_query: Option<HandlerFn<S, CallbackQuery>>,
     pub(crate) on_kind: Vec<(String, HandlerFn<S, ()>)>,
     pub(crate) on_unparsed: Option<HandlerFn<S, ()>>,
+    /// Kinds received without a handler (counted, the sender recorded).
+    pub(crate) received: Vec<String>,
 }
 
 impl<S: Send + Sync + 'static> Bot<S> {
@@ -95,6 +97,7 @@ impl<S: Send + Sync + 'static> Bot<S> {
                 on_callback_query: None,
                 on_kind: Vec::new(),
                 on_unparsed: None,
+                received: Vec::new(),
             },
         }
     }
@@ -177,6 +180,16 @@ impl<S: Send + Sync + 'static> Bot<S> {
         self
     }
 
+    /// Also receive these update kinds without a handler: they are counted
+    /// and their senders recorded in the user directory (the shipped bot
+    /// counts edits and member changes this way).
+    pub fn receive(mut self, kinds: &[&str]) -> Self {
+        self.handlers
+            .received
+            .extend(kinds.iter().map(|k| k.to_string()));
+        self
+    }
+
     /// The registered commands, in registration order.
     pub fn command_list(&self) -> Vec<CommandInfo> {
         self.handlers
@@ -186,14 +199,18 @@ impl<S: Send + Sync + 'static> Bot<S> {
             .collect()
     }
 
-    /// The update kinds this bot handles, for `allowed_updates`: messages
-    /// always (commands and the user directory need them).
+    /// The update kinds this bot takes, for `allowed_updates` (the
+    /// workers publish it; the ingress asks Telegram for exactly these):
+    /// messages always (commands and the user directory need them), the
+    /// kinds with handlers, and those it [`receive`](Self::receive)s.
     pub fn allowed_updates(&self) -> Vec<String> {
+        let h = &self.handlers;
         let mut kinds = vec!["message".to_owned()];
-        if self.handlers.on_callback_query.is_some() {
+        if h.on_callback_query.is_some() {
             kinds.push("callback_query".into());
         }
-        for (k, _) in &self.handlers.on_kind {
+        let more = h.on_kind.iter().map(|(k, _)| k).chain(h.received.iter());
+        for k in more {
             if !kinds.contains(k) {
                 kinds.push(k.clone());
             }

@@ -94,6 +94,7 @@ pub async fn run_with<S: Send + Sync + 'static>(
     cancel: CancellationToken,
 ) -> Result<(), WorkerError> {
     let commands = bot.command_list();
+    let allowed = bot.allowed_updates();
     let Bot { state, handlers } = bot;
     let state = match state {
         bot::StateInit::Ready(s) => s,
@@ -174,7 +175,10 @@ pub async fn run_with<S: Send + Sync + 'static>(
             engine.commands.clone(),
             name.clone(),
         );
-        tokio::spawn(async move { menu::publish(&api, store.as_ref(), &registry, &holder).await });
+        tokio::spawn(async move {
+            menu::publish_allowed_updates(store.as_ref(), &allowed).await;
+            menu::publish(&api, store.as_ref(), &registry, &holder).await
+        });
     }
     let router = dispatch::Router {
         state,

@@ -1,5 +1,6 @@
-//! Publishing the command menu (`setMyCommands`, per language) from the
-//! registry, once per change rather than once per replica.
+//! Publishing what the bot is made of: the command menu (`setMyCommands`,
+//! per language) from the registry, once per change rather than once per
+//! replica, and the update kinds it takes (for `allowed_updates`).
 //!
 //! The worker publishes it, not the ingress: the ingress is generic and
 //! never rebuilt when commands change, and the worker runs in webhook and
@@ -19,6 +20,28 @@ use shared::signals::Backoff;
 use shared::store::Store;
 
 use crate::commands::{menu, CommandInfo};
+
+/// Publishes the update kinds the bot takes, for the ingress to ask
+/// Telegram for (it brings the webhook in line at its next check; a poller
+/// reads it on its next poll). A few tries: until then the ingress asks
+/// for its broad default list, which loses nothing the bot handles today.
+pub async fn publish_allowed_updates(store: &dyn Store, kinds: &[String]) {
+    let value = serde_json::to_string(kinds).unwrap_or_default();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    for _ in 0..6 {
+        match store.get(keys::ALLOWED_UPDATES).await {
+            Ok(Some(v)) if v == value => return,
+            Ok(_) => {
+                if store.set(keys::ALLOWED_UPDATES, &value).await.is_ok() {
+                    info!(allowed_updates = %kinds.join(","), "update kinds published for the ingress");
+                    return;
+                }
+            }
+            Err(e) => debug!(error = %e, "cannot publish the update kinds yet"),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
 
 pub fn fingerprint(calls: &[Value]) -> String {
     let mut h = Sha256::new();
