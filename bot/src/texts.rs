@@ -107,14 +107,12 @@ pub fn refresh(lang: Lang) -> &'static str {
     }
 }
 
+/// What a user sees when the operator has not configured the Mini App:
+/// no variable names (the operator's hint goes to the log).
 pub fn app_not_configured(lang: Lang) -> &'static str {
     match lang {
-        Lang::Ru => {
-            "Мини-приложение не настроено: задайте TELEGRAM_WEBAPP_URL или RAILWAY_PUBLIC_DOMAIN."
-        }
-        Lang::En => {
-            "The Mini App is not configured: set TELEGRAM_WEBAPP_URL or RAILWAY_PUBLIC_DOMAIN."
-        }
+        Lang::Ru => "Мини-приложение пока недоступно. Попробуйте позже.",
+        Lang::En => "The Mini App is not available yet. Please try again later.",
     }
 }
 

@@ -210,6 +210,17 @@ async fn app_without_a_configured_url_says_so() {
         r.params
     );
     assert!(!r.shown_text().is_empty());
+    // Users see no operator words; the operator's hint is in the log.
+    assert!(
+        !r.shown_text().contains("TELEGRAM_WEBAPP_URL"),
+        "{:?}",
+        r.shown_text()
+    );
+    assert!(
+        s.all_logs().contains("set TELEGRAM_WEBAPP_URL"),
+        "the hint is logged\n{}",
+        s.logs_tail()
+    );
     s.assert_clean();
 }
 

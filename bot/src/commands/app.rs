@@ -12,6 +12,9 @@ use crate::App;
 pub async fn run(ctx: Ctx<App>, _msg: Message) -> Result<Reply, HandlerError> {
     let lang = Lang::of(&ctx);
     let Some(url) = &ctx.state().webapp_url else {
+        tracing::warn!(
+            "/app asked, but no Mini App URL is configured: set TELEGRAM_WEBAPP_URL or RAILWAY_PUBLIC_DOMAIN"
+        );
         return Ok(Reply::text(texts::app_not_configured(lang)));
     };
     Ok(if ctx.is_private() {
