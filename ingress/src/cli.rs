@@ -76,6 +76,13 @@ pub fn render_info(info: &WebhookInfo) -> String {
     s
 }
 
+impl CliError {
+    /// A configuration problem (exit code 2), not a runtime failure.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, CliError::NoUrl)
+    }
+}
+
 pub async fn info(config: &Config, json: bool) -> Result<String, CliError> {
     let info = api(config)?.get_webhook_info().await?;
     Ok(if json {

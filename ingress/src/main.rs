@@ -73,7 +73,13 @@ fn main() -> ExitCode {
                     }
                     Err(e) => {
                         shared::telemetry::print_line(&format!("ingress webhook: {e}"));
-                        ExitCode::FAILURE
+                        // A missing URL is configuration (2), like every
+                        // other configuration error; Telegram's errors are 1.
+                        if e.is_configuration() {
+                            ExitCode::from(2)
+                        } else {
+                            ExitCode::FAILURE
+                        }
                     }
                 }
             }

@@ -139,6 +139,13 @@ async fn every_command_has_help_and_meaningful_exit_codes() {
     assert_eq!(st.code(), Some(2), "{err}");
     let (st, _, err) = run_to_exit("bot", &["serve"], &env, T).await;
     assert_eq!(st.code(), Some(2), "`bot` takes no arguments: {err}");
+    // `webhook set` with no webhook URL configured: configuration (2).
+    let no_url = [(
+        "TELEGRAM_BOT_TOKEN",
+        "123456:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    )];
+    let (st, _, err) = run_to_exit("ingress", &["webhook", "set"], &no_url, T).await;
+    assert_eq!(st.code(), Some(2), "a missing URL is configuration: {err}");
     // Redis unreachable: a runtime failure (1) with a clear message, no hang.
     let dead = [("REDIS_URL", "redis://127.0.0.1:1")];
     let (st, _, err) = run_to_exit("worker", &["queue", "stats"], &dead, T).await;
