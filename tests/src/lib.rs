@@ -1,6 +1,18 @@
 //! End-to-end test infrastructure: a fake Telegram Bot API checked against
 //! the real spec, a real `redis-server`, the workspace binaries as child
 //! processes, and realistic updates. The tests live in `tests/tests/`.
+//!
+//! # Layout
+//!
+//! - [`harness`]: spawning binaries and `redis-server` on free ports,
+//!   bounded waits, log capture, loud skips;
+//! - [`stack`]: the standard setup (fake Bot API + Redis + `ingress` +
+//!   workers) and the waits every test needs;
+//! - [`accounting`]: where every update of a burst went (answered,
+//!   duplicated, dead-lettered, lost);
+//! - [`updates`]: realistic updates (builders from `fake_bot_api`, plus the
+//!   real payloads in `shared/telegram/updates/`);
+//! - [`slow_client`]: hostile HTTP clients; [`container`]: the image check.
 
 pub mod accounting;
 pub mod container;
