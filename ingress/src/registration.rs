@@ -16,7 +16,6 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use shared::botapi::{BotApi, BotApiError, User};
-use shared::keys;
 use shared::signals::Backoff;
 use shared::store::Store;
 
@@ -165,7 +164,7 @@ pub async fn configure_webhook(
     let fp = fingerprint(url, secret);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        let stored = store.get(keys::WEBHOOK_FINGERPRINT).await;
+        let stored = store.get(&store.keys().webhook_fingerprint()).await;
         let stored = match stored {
             Ok(s) => s,
             Err(e) => {
@@ -183,14 +182,16 @@ pub async fn configure_webhook(
             info!("Webhook already set: {url} (configuration unchanged)");
             break;
         }
-        let lock = store.try_lock(keys::WEBHOOK_LOCK, holder, 30_000).await;
+        let lock = store
+            .try_lock(&store.keys().webhook_lock(), holder, 30_000)
+            .await;
         match lock {
             Ok(true) => {
                 let result = set_webhook(api, url, secret, drop_pending, None).await;
                 if result.is_ok() {
-                    let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
+                    let _ = store.set(&store.keys().webhook_fingerprint(), &fp).await;
                 }
-                let _ = store.release(keys::WEBHOOK_LOCK, holder).await;
+                let _ = store.release(&store.keys().webhook_lock(), holder).await;
                 result?;
                 info!("Webhook set: {url}");
                 break;
@@ -280,7 +281,7 @@ pub async fn watch_webhook(
         // URL, whose old replicas are still draining) registered its own
         // webhook and fingerprint: that one wins, no tug of war. Only a
         // change made outside this deployment's Redis is undone.
-        match store.get(keys::WEBHOOK_FINGERPRINT).await {
+        match store.get(&store.keys().webhook_fingerprint()).await {
             Ok(Some(stored)) if stored != fp => {
                 debug!("webhook check: a newer configuration registered the webhook; leaving it");
                 continue;
@@ -288,7 +289,10 @@ pub async fn watch_webhook(
             Ok(_) => {}
             Err(_) => continue,
         }
-        match store.try_lock(keys::WEBHOOK_LOCK, holder, 30_000).await {
+        match store
+            .try_lock(&store.keys().webhook_lock(), holder, 30_000)
+            .await
+        {
             Ok(true) => {}
             // Another replica is on it, or Redis is away: next time.
             _ => continue,
@@ -304,12 +308,12 @@ pub async fn watch_webhook(
                 if now.url.is_empty() { "none" } else { &now.url }
             );
             set_webhook(api, url, secret, false, None).await?;
-            let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
+            let _ = store.set(&store.keys().webhook_fingerprint(), &fp).await;
             info!("Webhook set: {url}");
             Ok(())
         }
         .await;
-        let _ = store.release(keys::WEBHOOK_LOCK, holder).await;
+        let _ = store.release(&store.keys().webhook_lock(), holder).await;
         match result {
             Err(SetupError::Unauthorized) => return Err(SetupError::Unauthorized),
             Err(e) => warn!(error = %e, "webhook check: could not set the webhook again"),
