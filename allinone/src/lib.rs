@@ -73,7 +73,7 @@ pub async fn run_all_in_one<S: Send + Sync + 'static>(config: Config, bot: Bot<S
         let cancel = CancellationToken::new();
         shared::signals::cancel_on_signal(cancel.clone());
         let store: Arc<dyn Store> = match &config.redis_url {
-            Some(url) => match RedisStore::open(url) {
+            Some(url) => match RedisStore::open(url, config.redis_keys.clone()) {
                 Ok(s) => {
                     tracing::info!(redis = %shared::config::redact_url(url), "queue: Redis");
                     s.spawn_durability_report();
@@ -90,7 +90,7 @@ pub async fn run_all_in_one<S: Send + Sync + 'static>(config: Config, bot: Bot<S
                 tracing::info!(
                     "queue: embedded in-process (REDIS_URL not set); updates accepted but not yet handled are lost if the process dies"
                 );
-                Arc::new(MemoryStore::new())
+                Arc::new(MemoryStore::new(config.redis_keys.clone()))
             }
         };
         let pages = ingress::mini_app(&config, store.clone());

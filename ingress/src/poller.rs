@@ -18,7 +18,6 @@ use tracing::{error, info, warn};
 
 use shared::botapi::{BotApi, BotApiError};
 use shared::envelope::{self, Enqueued};
-use shared::keys;
 use shared::signals::Backoff;
 use shared::store::Store;
 
@@ -54,7 +53,11 @@ impl Poller {
         while !cancel.is_cancelled() {
             let took = match self
                 .store
-                .lease(keys::POLLER_LEASE, &self.instance, LEASE.as_millis() as u64)
+                .lease(
+                    &self.store.keys().poller_lease(),
+                    &self.instance,
+                    LEASE.as_millis() as u64,
+                )
                 .await
             {
                 Ok(v) => v,
@@ -99,7 +102,8 @@ impl Poller {
                     }
                 }
             }
-            let offset: Option<i64> = match self.store.get(keys::POLLER_OFFSET).await {
+            let offset: Option<i64> = match self.store.get(&self.store.keys().poller_offset()).await
+            {
                 Ok(v) => v.and_then(|v| v.parse().ok()),
                 Err(e) => {
                     warn!(error = %e, "could not read the polling offset");
@@ -177,14 +181,20 @@ impl Poller {
             // Only what is stored is confirmed: the offset moves past the
             // stored prefix, and the rest is fetched again.
             if next != offset.unwrap_or(i64::MIN) {
-                let _ = self.store.set(keys::POLLER_OFFSET, &next.to_string()).await;
+                let _ = self
+                    .store
+                    .set(&self.store.keys().poller_offset(), &next.to_string())
+                    .await;
             }
             if !stored_all {
                 sleep_or_cancel(backoff.next_delay(), &cancel).await;
             }
         }
         if holding {
-            let _ = self.store.release(keys::POLLER_LEASE, &self.instance).await;
+            let _ = self
+                .store
+                .release(&self.store.keys().poller_lease(), &self.instance)
+                .await;
             info!("polling lease released");
         }
         Ok(())

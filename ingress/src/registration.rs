@@ -16,7 +16,6 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use shared::botapi::{BotApi, BotApiError, User};
-use shared::keys;
 use shared::signals::Backoff;
 use shared::store::Store;
 
@@ -127,7 +126,7 @@ pub fn fingerprint(url: &Url, secret: &str) -> String {
 /// when Redis cannot say).
 pub async fn allowed_updates(store: &dyn Store) -> Vec<String> {
     store
-        .get(keys::ALLOWED_UPDATES)
+        .get(&store.keys().allowed_updates())
         .await
         .ok()
         .flatten()
@@ -192,7 +191,7 @@ pub async fn configure_webhook(
     let fp = fingerprint(url, secret);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        let stored = store.get(keys::WEBHOOK_FINGERPRINT).await;
+        let stored = store.get(&store.keys().webhook_fingerprint()).await;
         let stored = match stored {
             Ok(s) => s,
             Err(e) => {
@@ -214,14 +213,16 @@ pub async fn configure_webhook(
             info!("Webhook already set: {url} (configuration unchanged)");
             break;
         }
-        let lock = store.try_lock(keys::WEBHOOK_LOCK, holder, 30_000).await;
+        let lock = store
+            .try_lock(&store.keys().webhook_lock(), holder, 30_000)
+            .await;
         match lock {
             Ok(true) => {
                 let result = set_webhook(api, url, secret, drop_pending, None, &allowed).await;
                 if result.is_ok() {
-                    let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
+                    let _ = store.set(&store.keys().webhook_fingerprint(), &fp).await;
                 }
-                let _ = store.release(keys::WEBHOOK_LOCK, holder).await;
+                let _ = store.release(&store.keys().webhook_lock(), holder).await;
                 result?;
                 info!("Webhook set: {url}");
                 break;
@@ -313,7 +314,7 @@ pub async fn watch_webhook(
         // URL, whose old replicas are still draining) registered its own
         // webhook and fingerprint: that one wins, no tug of war. Only a
         // change made outside this deployment's Redis is undone.
-        match store.get(keys::WEBHOOK_FINGERPRINT).await {
+        match store.get(&store.keys().webhook_fingerprint()).await {
             Ok(Some(stored)) if stored != fp => {
                 debug!("webhook check: a newer configuration registered the webhook; leaving it");
                 continue;
@@ -321,7 +322,10 @@ pub async fn watch_webhook(
             Ok(_) => {}
             Err(_) => continue,
         }
-        match store.try_lock(keys::WEBHOOK_LOCK, holder, 30_000).await {
+        match store
+            .try_lock(&store.keys().webhook_lock(), holder, 30_000)
+            .await
+        {
             Ok(true) => {}
             // Another replica is on it, or Redis is away: next time.
             _ => continue,
@@ -344,12 +348,12 @@ pub async fn watch_webhook(
                 );
             }
             set_webhook(api, url, secret, false, None, &allowed).await?;
-            let _ = store.set(keys::WEBHOOK_FINGERPRINT, &fp).await;
+            let _ = store.set(&store.keys().webhook_fingerprint(), &fp).await;
             info!("Webhook set: {url}");
             Ok(())
         }
         .await;
-        let _ = store.release(keys::WEBHOOK_LOCK, holder).await;
+        let _ = store.release(&store.keys().webhook_lock(), holder).await;
         match result {
             Err(SetupError::Unauthorized) => return Err(SetupError::Unauthorized),
             Err(e) => warn!(error = %e, "webhook check: could not set the webhook again"),

@@ -97,6 +97,8 @@ pub struct Config {
     /// `None` when `REDIS_URL` is unset: the all-in-one then uses its
     /// embedded queue; ingress and worker use [`Config::redis_url_or_default`].
     pub redis_url: Option<String>,
+    /// The names of this bot's Redis keys (`REDIS_KEY_PREFIX`).
+    pub redis_keys: crate::keys::Keys,
     pub listen: SocketAddr,
     pub log_format: LogFormat,
     /// Messages per second for the whole bot; 0 = unlimited.
@@ -122,6 +124,7 @@ impl fmt::Debug for Config {
             .field("webhook_secret", &"<redacted>")
             .field("api_url", &self.api_url.as_str())
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_key_prefix", &self.redis_keys.prefix())
             .field("listen", &self.listen)
             .finish_non_exhaustive()
     }
@@ -261,6 +264,14 @@ impl Config {
             None => None,
         };
 
+        // Unset (or empty, like every variable here) keeps the names a
+        // deployment from before the variable already has in its Redis.
+        let redis_keys = match get("REDIS_KEY_PREFIX") {
+            Some(raw) => crate::keys::Keys::new(&raw)
+                .map_err(|e| invalid("REDIS_KEY_PREFIX", e.to_string()))?,
+            None => crate::keys::Keys::default(),
+        };
+
         let host: IpAddr = match get("HOST") {
             Some(h) => h
                 .parse()
@@ -337,6 +348,7 @@ impl Config {
             webapp_url,
             api_url,
             redis_url,
+            redis_keys,
             listen: SocketAddr::new(host, port),
             log_format,
             send_rate: parse_num(get("TELEGRAM_SEND_RATE"), "TELEGRAM_SEND_RATE", 30)?,
@@ -414,6 +426,29 @@ mod tests {
     fn missing_token_names_the_variable() {
         let e = cfg(&[]).unwrap_err();
         assert!(e.to_string().contains("TELEGRAM_BOT_TOKEN"), "{e}");
+    }
+
+    #[test]
+    fn key_prefix_defaults_to_todays_names_and_refuses_whitespace_by_name() {
+        let c = cfg(&[("DISABLE_TELEGRAM_BOT", "yes")]).unwrap();
+        assert_eq!(c.redis_keys.stream(), "tgbot:updates");
+        let c = cfg(&[("DISABLE_TELEGRAM_BOT", "yes"), ("REDIS_KEY_PREFIX", "")]).unwrap();
+        assert_eq!(c.redis_keys.prefix(), "tgbot:");
+        let c = cfg(&[
+            ("DISABLE_TELEGRAM_BOT", "yes"),
+            ("REDIS_KEY_PREFIX", "shop:"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_keys.stream(), "shop:updates");
+        let e = cfg(&[
+            ("DISABLE_TELEGRAM_BOT", "yes"),
+            ("REDIS_KEY_PREFIX", "my bot:"),
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("REDIS_KEY_PREFIX") && e.to_string().contains("whitespace"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use redis::aio::ConnectionManager;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use crate::keys;
+use crate::keys::{self, Keys};
 
 pub const F_UPDATE_ID: &str = "update_id";
 pub const F_RECEIVED_AT: &str = "received_at";
@@ -222,15 +222,16 @@ impl Enqueuer {
     pub async fn enqueue(
         &self,
         conn: &mut ConnectionManager,
+        keys: &Keys,
         probe: &Probe,
         raw: &[u8],
     ) -> redis::RedisResult<Enqueued> {
-        let seen = keys::seen(probe.update_id);
+        let seen = keys.seen(probe.update_id);
         let id: Option<String> = self
             .script
-            .key(keys::STREAM)
+            .key(keys.stream())
             .key(&seen.key)
-            .key(keys::order(&probe.key))
+            .key(keys.order(&probe.key))
             .arg(keys::SEEN_TTL_SECS)
             .arg(probe.update_id)
             .arg(now_ms())

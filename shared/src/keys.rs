@@ -1,14 +1,30 @@
 //! The Redis key layout. Every key the system touches is named here, so an
 //! operator reading `redis-cli --scan` can map each key back to its owner.
+//!
+//! Every name starts with one prefix (`REDIS_KEY_PREFIX`, default
+//! `tgbot:`), so two bots can share one Redis without touching each
+//! other's queue, dedupe marks, users or locks. The prefix is a runtime
+//! value: a [`Keys`] is built once from the configuration and handed to
+//! whatever names a key.
 
-/// The stream the ingress appends to and the workers consume.
-pub const STREAM: &str = "tgbot:updates";
-/// The single consumer group all workers join.
+use std::sync::Arc;
+
+/// The prefix when `REDIS_KEY_PREFIX` is unset: the names every deployment
+/// before the variable existed already has in its Redis.
+pub const DEFAULT_PREFIX: &str = "tgbot:";
+
+/// The single consumer group all workers join. Not prefixed: a group lives
+/// inside its (prefixed) stream, so it cannot collide.
 pub const GROUP: &str = "workers";
-/// Dead letters: entries that failed `WORKER_MAX_DELIVERIES` times.
-pub const DEAD_STREAM: &str = "tgbot:dead";
-/// Failure counts per stream entry id (hash), cleared when the entry ends.
-pub const FAILURES: &str = "tgbot:failures";
+
+/// Why a key prefix is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadPrefix {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must not contain whitespace or control characters")]
+    Whitespace,
+}
 
 /// One bit of a dedupe bitmap: which update ids were seen (or handled).
 ///
@@ -28,113 +44,248 @@ pub struct Mark {
 /// Ids per dedupe bitmap.
 pub const MARK_BUCKET: i64 = 1 << 16;
 
-fn mark(kind: &str, update_id: i64) -> Mark {
-    Mark {
-        key: format!("tgbot:{kind}-bits:{}", update_id.div_euclid(MARK_BUCKET)),
-        bit: update_id.rem_euclid(MARK_BUCKET) as u64,
-    }
-}
-
-/// Set by the ingress atomically with the XADD: a resent update (Telegram
-/// resends when our 200 got lost) is answered 200 without a second entry.
-pub fn seen(update_id: i64) -> Mark {
-    mark("seen", update_id)
-}
 /// How long the ingress remembers an update id, at least: a bucket expires
 /// this long after the last id was added to it. Telegram keeps an
 /// undelivered update for 24 h, so two days cover every resend.
 pub const SEEN_TTL_SECS: u64 = 2 * 24 * 3600;
 
-/// Set by a worker once an update is handled; a redelivered entry (crash
-/// between handling and XACK) is then acknowledged and skipped.
-pub fn done(update_id: i64) -> Mark {
-    mark("done", update_id)
-}
 /// At least how long a handled id is remembered (per bucket, like
 /// [`SEEN_TTL_SECS`]): longer than any redelivery can come.
 pub const DONE_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// Per ordering key (`c<chat>` / `u<user>`), the ids of its entries still
-/// in the stream, in the order the ingress accepted them. Appended in the
-/// same script as the XADD and trimmed in the same script that ends an
-/// entry, so it always matches the stream. A worker may start an entry only
-/// when it is the head of its list.
-pub fn order(key: &str) -> String {
-    format!("tgbot:order:{key}")
+/// The names of one bot's keys. Cheap to clone (the prefix is shared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: Arc<str>,
 }
 
-/// Present while the worker using this consumer name runs: it renews the
-/// key every claim period. Redis's own idle time cannot tell a dead
-/// consumer from a live one with no work (7.0 does not refresh it on a
-/// blocking read that returns nothing), so only names without this key
-/// are removed.
-pub fn alive(consumer: &str) -> String {
-    format!("tgbot:consumer-alive:{consumer}")
+impl Default for Keys {
+    fn default() -> Self {
+        Self {
+            prefix: DEFAULT_PREFIX.into(),
+        }
+    }
 }
 
-/// Hash per user: first_name, username, language_code, first_seen,
-/// last_seen (ms since epoch), start_payload, messages.
-pub fn user(user_id: i64) -> String {
-    format!("tgbot:user:{user_id}")
-}
-/// Sorted set user id -> first_seen ms (total and "new in 24 h").
-pub const USERS_FIRST_SEEN: &str = "tgbot:users:first_seen";
-/// Sorted set user id -> last_seen ms ("active in 24 h").
-pub const USERS_LAST_SEEN: &str = "tgbot:users:last_seen";
-/// Replies of handled updates not yet sent (hash: entry id -> JSON), and
-/// when each may be taken over by another worker (sorted set: entry id ->
-/// lease end, ms). A reply is kept here from the moment its update's
-/// writes are applied until Telegram has it, so a crash in between loses
-/// neither the writes nor the reply. While kept, its chat's order list
-/// still holds the entry, so the chat's next update waits for it.
-pub const REPLIES: &str = "tgbot:replies";
-pub const REPLIES_DUE: &str = "tgbot:replies:due";
+impl Keys {
+    /// Any prefix without whitespace: it must survive being typed into
+    /// `redis-cli` and pasted from logs unchanged.
+    pub fn new(prefix: &str) -> Result<Self, BadPrefix> {
+        if prefix.is_empty() {
+            return Err(BadPrefix::Empty);
+        }
+        if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(BadPrefix::Whitespace);
+        }
+        Ok(Self {
+            prefix: prefix.into(),
+        })
+    }
 
-/// A bot's own hash, written through exactly-once writes (`ctx.incr` ...).
-pub fn kv(hash: &str) -> String {
-    format!("tgbot:kv:{hash}")
-}
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
 
-/// Hash of bot-wide counters (`updates_handled`, ...).
-pub const COUNTERS: &str = "tgbot:counters";
+    fn name(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
 
-/// Webhook registration happens once per configuration change, not once per
-/// replica: a lock plus the fingerprint of what was applied.
-pub const WEBHOOK_LOCK: &str = "tgbot:webhook:lock";
-pub const WEBHOOK_FINGERPRINT: &str = "tgbot:webhook:fingerprint";
+    fn mark(&self, kind: &str, update_id: i64) -> Mark {
+        Mark {
+            key: self.name(&format!(
+                "{kind}-bits:{}",
+                update_id.div_euclid(MARK_BUCKET)
+            )),
+            bit: update_id.rem_euclid(MARK_BUCKET) as u64,
+        }
+    }
 
-/// The update kinds the bot's handlers take (JSON array), published by the
-/// workers; the ingress asks Telegram for exactly these (setWebhook or
-/// getUpdates `allowed_updates`).
-pub const ALLOWED_UPDATES: &str = "tgbot:allowed-updates";
+    /// The stream the ingress appends to and the workers consume.
+    pub fn stream(&self) -> String {
+        self.name("updates")
+    }
 
-/// The command menu, published by the workers from their registry: the
-/// same lock-plus-fingerprint agreement as the webhook.
-pub const MENU_LOCK: &str = "tgbot:menu:lock";
-pub const MENU_FINGERPRINT: &str = "tgbot:menu:fingerprint";
+    /// Dead letters: entries that failed `WORKER_MAX_DELIVERIES` times.
+    pub fn dead(&self) -> String {
+        self.name("dead")
+    }
 
-/// The polling lease (exactly one poller across replicas) and its offset.
-pub const POLLER_LEASE: &str = "tgbot:poller:lease";
-pub const POLLER_OFFSET: &str = "tgbot:poller:offset";
+    /// Failure counts per stream entry id (hash), cleared when the entry ends.
+    pub fn failures(&self) -> String {
+        self.name("failures")
+    }
 
-/// Never created: the ingress's readiness check writes nothing to it (an
-/// empty SETRANGE) to learn whether Redis would accept a write.
-pub const WRITE_PROBE: &str = "tgbot:write-probe";
+    /// Set by the ingress atomically with the XADD: a resent update (Telegram
+    /// resends when our 200 got lost) is answered 200 without a second entry.
+    pub fn seen(&self, update_id: i64) -> Mark {
+        self.mark("seen", update_id)
+    }
 
-/// Shared send budget (GCRA state) for the whole bot and per chat.
-pub const RATE_GLOBAL: &str = "tgbot:rate:global";
-pub fn rate_chat(chat_id: i64) -> String {
-    format!("tgbot:rate:chat:{chat_id}")
+    /// Set by a worker once an update is handled; a redelivered entry (crash
+    /// between handling and XACK) is then acknowledged and skipped.
+    pub fn done(&self, update_id: i64) -> Mark {
+        self.mark("done", update_id)
+    }
+
+    /// Per ordering key (`c<chat>` / `u<user>`), the ids of its entries still
+    /// in the stream, in the order the ingress accepted them. Appended in the
+    /// same script as the XADD and trimmed in the same script that ends an
+    /// entry, so it always matches the stream. A worker may start an entry only
+    /// when it is the head of its list.
+    pub fn order(&self, key: &str) -> String {
+        self.name(&format!("order:{key}"))
+    }
+
+    /// Present while the worker using this consumer name runs: it renews the
+    /// key every claim period. Redis's own idle time cannot tell a dead
+    /// consumer from a live one with no work (7.0 does not refresh it on a
+    /// blocking read that returns nothing), so only names without this key
+    /// are removed.
+    pub fn alive(&self, consumer: &str) -> String {
+        self.name(&format!("consumer-alive:{consumer}"))
+    }
+
+    /// Hash per user: first_name, username, language_code, first_seen,
+    /// last_seen (ms since epoch), start_payload, messages.
+    pub fn user(&self, user_id: i64) -> String {
+        self.name(&format!("user:{user_id}"))
+    }
+
+    /// Sorted set user id -> first_seen ms (total and "new in 24 h").
+    pub fn users_first_seen(&self) -> String {
+        self.name("users:first_seen")
+    }
+
+    /// Sorted set user id -> last_seen ms ("active in 24 h").
+    pub fn users_last_seen(&self) -> String {
+        self.name("users:last_seen")
+    }
+
+    /// Replies of handled updates not yet sent (hash: entry id -> JSON), and
+    /// when each may be taken over by another worker ([`Keys::replies_due`],
+    /// sorted set: entry id -> lease end, ms). A reply is kept here from the
+    /// moment its update's writes are applied until Telegram has it, so a
+    /// crash in between loses neither the writes nor the reply. While kept,
+    /// its chat's order list still holds the entry, so the chat's next
+    /// update waits for it.
+    pub fn replies(&self) -> String {
+        self.name("replies")
+    }
+
+    pub fn replies_due(&self) -> String {
+        self.name("replies:due")
+    }
+
+    /// A bot's own hash, written through exactly-once writes (`ctx.incr` ...).
+    pub fn kv(&self, hash: &str) -> String {
+        self.name(&format!("kv:{hash}"))
+    }
+
+    /// Hash of bot-wide counters (`updates_handled`, ...).
+    pub fn counters(&self) -> String {
+        self.name("counters")
+    }
+
+    /// Webhook registration happens once per configuration change, not once
+    /// per replica: a lock plus the fingerprint of what was applied.
+    pub fn webhook_lock(&self) -> String {
+        self.name("webhook:lock")
+    }
+
+    pub fn webhook_fingerprint(&self) -> String {
+        self.name("webhook:fingerprint")
+    }
+
+    /// The update kinds the bot's handlers take (JSON array), published by
+    /// the workers; the ingress asks Telegram for exactly these (setWebhook
+    /// or getUpdates `allowed_updates`).
+    pub fn allowed_updates(&self) -> String {
+        self.name("allowed-updates")
+    }
+
+    /// The command menu, published by the workers from their registry: the
+    /// same lock-plus-fingerprint agreement as the webhook.
+    pub fn menu_lock(&self) -> String {
+        self.name("menu:lock")
+    }
+
+    pub fn menu_fingerprint(&self) -> String {
+        self.name("menu:fingerprint")
+    }
+
+    /// The polling lease (exactly one poller across replicas) and its offset.
+    pub fn poller_lease(&self) -> String {
+        self.name("poller:lease")
+    }
+
+    pub fn poller_offset(&self) -> String {
+        self.name("poller:offset")
+    }
+
+    /// Never created: the ingress's readiness check writes nothing to it (an
+    /// empty SETRANGE) to learn whether Redis would accept a write.
+    pub fn write_probe(&self) -> String {
+        self.name("write-probe")
+    }
+
+    /// Shared send budget (GCRA state) for the whole bot and per chat.
+    pub fn rate_global(&self) -> String {
+        self.name("rate:global")
+    }
+
+    pub fn rate_chat(&self, chat_id: i64) -> String {
+        self.name(&format!("rate:chat:{chat_id}"))
+    }
 }
 
 #[cfg(test)]
-mod mark_tests {
+mod tests {
     use super::*;
 
     #[test]
+    fn the_default_prefix_keeps_every_existing_name() {
+        let k = Keys::default();
+        assert_eq!(k.stream(), "tgbot:updates");
+        assert_eq!(k.dead(), "tgbot:dead");
+        assert_eq!(k.failures(), "tgbot:failures");
+        assert_eq!(k.order("c-5"), "tgbot:order:c-5");
+        assert_eq!(k.alive("w1"), "tgbot:consumer-alive:w1");
+        assert_eq!(k.user(7), "tgbot:user:7");
+        assert_eq!(k.users_first_seen(), "tgbot:users:first_seen");
+        assert_eq!(k.users_last_seen(), "tgbot:users:last_seen");
+        assert_eq!(k.replies(), "tgbot:replies");
+        assert_eq!(k.replies_due(), "tgbot:replies:due");
+        assert_eq!(k.kv("visits"), "tgbot:kv:visits");
+        assert_eq!(k.counters(), "tgbot:counters");
+        assert_eq!(k.webhook_lock(), "tgbot:webhook:lock");
+        assert_eq!(k.webhook_fingerprint(), "tgbot:webhook:fingerprint");
+        assert_eq!(k.menu_lock(), "tgbot:menu:lock");
+        assert_eq!(k.menu_fingerprint(), "tgbot:menu:fingerprint");
+        assert_eq!(k.poller_lease(), "tgbot:poller:lease");
+        assert_eq!(k.poller_offset(), "tgbot:poller:offset");
+        assert_eq!(k.write_probe(), "tgbot:write-probe");
+        assert_eq!(k.rate_global(), "tgbot:rate:global");
+        assert_eq!(k.rate_chat(-100), "tgbot:rate:chat:-100");
+        assert_eq!(k.done(1).key, "tgbot:done-bits:0");
+        assert_eq!(Keys::new(DEFAULT_PREFIX), Ok(k));
+    }
+
+    #[test]
+    fn another_prefix_renames_every_key() {
+        let k = Keys::new("b:").unwrap();
+        assert_eq!(k.stream(), "b:updates");
+        assert_eq!(k.seen(3).key, "b:seen-bits:0");
+        assert_eq!(k.order("u1"), "b:order:u1");
+        assert_eq!(Keys::new(""), Err(BadPrefix::Empty));
+        assert_eq!(Keys::new("my bot:"), Err(BadPrefix::Whitespace));
+        assert_eq!(Keys::new("a:\n"), Err(BadPrefix::Whitespace));
+    }
+
+    #[test]
     fn neighbouring_ids_share_a_bucket_and_never_a_bit() {
-        let a = seen(1_000_000);
-        let b = seen(1_000_001);
+        let k = Keys::default();
+        let a = k.seen(1_000_000);
+        let b = k.seen(1_000_001);
         assert_eq!(a.key, b.key);
         assert_ne!(a.bit, b.bit);
         assert_eq!(a.key, "tgbot:seen-bits:15");
@@ -143,14 +294,15 @@ mod mark_tests {
 
     #[test]
     fn bucket_edges_and_odd_ids_map_into_range() {
+        let k = Keys::default();
         for id in [0, 65_535, 65_536, -1, -65_536, -65_537, i64::MAX, i64::MIN] {
-            let m = done(id);
+            let m = k.done(id);
             assert!(m.bit < MARK_BUCKET as u64, "{id}: {m:?}");
             let bucket: i64 = m.key.rsplit(':').next().unwrap().parse().unwrap();
             assert_eq!(bucket * MARK_BUCKET + m.bit as i64, id, "{id}: {m:?}");
         }
-        assert_ne!(done(65_535).key, done(65_536).key);
-        assert_ne!(done(-1).key, done(0).key);
-        assert_ne!(seen(7).key, done(7).key);
+        assert_ne!(k.done(65_535).key, k.done(65_536).key);
+        assert_ne!(k.done(-1).key, k.done(0).key);
+        assert_ne!(k.seen(7).key, k.done(7).key);
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use redis::aio::ConnectionManager;
 use serde::Serialize;
 
-use crate::keys;
+use crate::keys::Keys;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
@@ -36,10 +36,11 @@ pub struct BotStats {
 
 pub async fn user(
     conn: &mut ConnectionManager,
+    keys: &Keys,
     user_id: i64,
 ) -> redis::RedisResult<Option<UserRecord>> {
     let map: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(keys::user(user_id))
+        .arg(keys.user(user_id))
         .query_async(conn)
         .await?;
     Ok(user_from_map(user_id, &map))
@@ -66,24 +67,28 @@ fn user_from_map(id: i64, map: &HashMap<String, String>) -> Option<UserRecord> {
     })
 }
 
-pub async fn bot(conn: &mut ConnectionManager, now_ms: i64) -> redis::RedisResult<BotStats> {
+pub async fn bot(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    now_ms: i64,
+) -> redis::RedisResult<BotStats> {
     let since = now_ms - DAY_MS;
     let (total, new, active, handled, depth): (u64, u64, u64, Option<u64>, u64) = redis::pipe()
         .cmd("ZCARD")
-        .arg(keys::USERS_FIRST_SEEN)
+        .arg(keys.users_first_seen())
         .cmd("ZCOUNT")
-        .arg(keys::USERS_FIRST_SEEN)
+        .arg(keys.users_first_seen())
         .arg(since)
         .arg("+inf")
         .cmd("ZCOUNT")
-        .arg(keys::USERS_LAST_SEEN)
+        .arg(keys.users_last_seen())
         .arg(since)
         .arg("+inf")
         .cmd("HGET")
-        .arg(keys::COUNTERS)
+        .arg(keys.counters())
         .arg("updates_handled")
         .cmd("XLEN")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .query_async(conn)
         .await?;
     Ok(BotStats {

@@ -22,7 +22,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::Value;
-use shared::keys;
+use shared::keys::{self, Keys};
 
 use crate::fake_bot_api::Call;
 use crate::harness::{kv, loud, value_i64, value_str, webhook_post};
@@ -100,7 +100,7 @@ impl Burst {
 // Dead letters and counters
 // ---------------------------------------------------------------------------
 
-/// One entry of `tgbot:dead`.
+/// One entry of the dead letters (`tgbot:dead`).
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub id: String,
@@ -123,7 +123,7 @@ pub async fn dead_letters(redis_url: &str) -> Option<Vec<DeadLetter>> {
     .ok()?
     .ok()?;
     let v: redis::Value = redis::cmd("XRANGE")
-        .arg(keys::DEAD_STREAM)
+        .arg(Keys::default().dead())
         .arg("-")
         .arg("+")
         .query_async(&mut c)
@@ -188,7 +188,7 @@ pub async fn counters(redis_url: &str) -> BTreeMap<String, i64> {
         return out;
     };
     let m: HashMap<String, i64> = redis::cmd("HGETALL")
-        .arg(keys::COUNTERS)
+        .arg(Keys::default().counters())
         .query_async(&mut c)
         .await
         .unwrap_or_default();
@@ -209,6 +209,11 @@ pub struct ConsumerInfo {
 /// a query can time out, and an empty answer would pass for "the dead
 /// name is gone".
 pub async fn consumers(redis_url: &str) -> Vec<ConsumerInfo> {
+    consumers_of(redis_url, &Keys::default()).await
+}
+
+/// [`consumers`] of the bot whose keys are `keys`.
+pub async fn consumers_of(redis_url: &str, keys: &Keys) -> Vec<ConsumerInfo> {
     let client = redis::Client::open(redis_url).expect("redis url");
     let config = redis::AsyncConnectionConfig::new()
         .set_response_timeout(Some(Duration::from_secs(10)))
@@ -222,7 +227,7 @@ pub async fn consumers(redis_url: &str) -> Vec<ConsumerInfo> {
             Ok(mut c) => {
                 redis::cmd("XINFO")
                     .arg("CONSUMERS")
-                    .arg(keys::STREAM)
+                    .arg(keys.stream())
                     .arg(keys::GROUP)
                     .query_async::<redis::Value>(&mut c)
                     .await
@@ -368,7 +373,7 @@ pub async fn diagnose(stack: &Stack, burst: &Burst, a: &Account) -> String {
         .await
         {
             let v: redis::Value = redis::cmd("XPENDING")
-                .arg(keys::STREAM)
+                .arg(stack.keys.stream())
                 .arg(keys::GROUP)
                 .arg("-")
                 .arg("+")

@@ -191,6 +191,9 @@ pub struct RedisServer {
     dir: PathBuf,
     opts: RedisOptions,
     child: Option<std::process::Child>,
+    /// A second handle on another test's server ([`RedisServer::share`]):
+    /// dropping it leaves the server and its data alone.
+    shared: bool,
 }
 
 fn redis_missing() -> Option<RedisServer> {
@@ -233,6 +236,7 @@ impl RedisServer {
                 dir: dir.clone(),
                 opts: opts.clone(),
                 child: None,
+                shared: false,
             };
             match s.spawn_and_wait().await {
                 Ok(()) => return Some(s),
@@ -317,6 +321,19 @@ impl RedisServer {
         self.port
     }
 
+    /// A handle on this same server for a second stack (two bots on one
+    /// Redis). It cannot stop the server; the original keeps owning it and
+    /// must outlive the handle's users.
+    pub fn share(&self) -> Self {
+        Self {
+            port: self.port,
+            dir: self.dir.clone(),
+            opts: self.opts.clone(),
+            child: None,
+            shared: true,
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -396,6 +413,9 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        if self.shared {
+            return;
+        }
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use shared::keys;
+use shared::keys::{self, Keys};
 
-use crate::accounting::{consumer_of_pid, consumers};
+use crate::accounting::{consumer_of_pid, consumers_of};
 use crate::fake_bot_api::{Call, FakeBotApi};
 use crate::harness::{
     eventually, free_port, http_get, kv, value_i64, value_str, webhook_post, HttpReply,
@@ -75,6 +75,9 @@ pub struct StackBuilder {
     ingress_env: Vec<(String, String)>,
     worker_env: Vec<(String, String)>,
     redis: RedisOptions,
+    shared_redis: Option<RedisServer>,
+    token: Option<String>,
+    keys: Keys,
 }
 
 impl StackBuilder {
@@ -116,6 +119,34 @@ impl StackBuilder {
         self
     }
 
+    /// Runs on another stack's redis-server (two bots on one Redis) instead
+    /// of starting its own.
+    pub fn shared_redis(mut self, redis: &RedisServer) -> Self {
+        self.shared_redis = Some(redis.share());
+        self
+    }
+
+    /// `REDIS_KEY_PREFIX` for both services; the stack's own Redis reads
+    /// (queue state, counters ...) use the same prefix.
+    pub fn key_prefix(mut self, prefix: &str) -> Self {
+        self.keys = Keys::new(prefix).expect("a valid key prefix");
+        self.ingress_env
+            .push(("REDIS_KEY_PREFIX".into(), prefix.into()));
+        self.worker_env
+            .push(("REDIS_KEY_PREFIX".into(), prefix.into()));
+        self
+    }
+
+    /// Another bot token (its own fake Bot API answers only to it).
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.into());
+        self.ingress_env
+            .push(("TELEGRAM_BOT_TOKEN".into(), token.into()));
+        self.worker_env
+            .push(("TELEGRAM_BOT_TOKEN".into(), token.into()));
+        self
+    }
+
     /// More `redis-server` arguments.
     pub fn redis_args(mut self, args: &[&str]) -> Self {
         self.redis.args.extend(args.iter().map(|a| a.to_string()));
@@ -124,11 +155,18 @@ impl StackBuilder {
 
     /// `None` when redis-server is not installed (the test returns early).
     pub async fn start(self) -> Option<Stack> {
-        let redis = RedisServer::start_with(self.redis).await?;
-        let api = FakeBotApi::start().await;
+        let redis = match self.shared_redis {
+            Some(r) => r,
+            None => RedisServer::start_with(self.redis).await?,
+        };
+        let api = match &self.token {
+            Some(t) => FakeBotApi::start_with_token(t).await,
+            None => FakeBotApi::start().await,
+        };
         let mut stack = Stack {
             api,
             redis,
+            keys: self.keys,
             ingress: None,
             ingress_port: 0,
             workers: Vec::new(),
@@ -170,6 +208,8 @@ impl Default for WorkerBin {
 pub struct Stack {
     pub api: FakeBotApi,
     pub redis: RedisServer,
+    /// The names of this stack's keys (`REDIS_KEY_PREFIX`).
+    pub keys: Keys,
     pub ingress: Option<Service>,
     pub ingress_port: u16,
     pub workers: Vec<Service>,
@@ -188,6 +228,9 @@ impl Stack {
             ingress_env: Vec::new(),
             worker_env: Vec::new(),
             redis: RedisOptions::default(),
+            shared_redis: None,
+            token: None,
+            keys: Keys::default(),
         }
     }
 
@@ -437,12 +480,11 @@ impl Stack {
         self.replies_to(chat_id)[n - 1].clone()
     }
 
-    /// Bot-wide counter from the stats model (`tgbot:counters`).
     /// Makes the ingress forget it saw `update_id` (as when its memory of
     /// the id expired), so the same update can reach the stream again.
     pub async fn forget_seen(&self, update_id: i64) {
         let mut c = self.redis_conn().await;
-        let seen = keys::seen(update_id);
+        let seen = self.keys.seen(update_id);
         let _: i64 = redis::cmd("SETBIT")
             .arg(&seen.key)
             .arg(seen.bit)
@@ -452,10 +494,11 @@ impl Stack {
             .expect("SETBIT");
     }
 
+    /// Bot-wide counter from the stats model (`<prefix>counters`).
     pub async fn counter(&self, field: &str) -> i64 {
         let mut c = self.redis_conn().await;
         let v: Option<i64> = redis::cmd("HGET")
-            .arg(keys::COUNTERS)
+            .arg(self.keys.counters())
             .arg(field)
             .query_async(&mut c)
             .await
@@ -471,7 +514,12 @@ impl Stack {
         let redis_url = self.redis.url();
         let ok = eventually(READY_TIMEOUT, || {
             let url = redis_url.clone();
-            async move { queue_state(&url).await.is_some_and(|s| s.group_exists) }
+            let keys = self.keys.clone();
+            async move {
+                queue_state_of(&url, &keys)
+                    .await
+                    .is_some_and(|s| s.group_exists)
+            }
         })
         .await;
         if !ok {
@@ -486,7 +534,7 @@ impl Stack {
             panic!(
                 "no consumer group {:?} on {:?} within {READY_TIMEOUT:?} ({:?})\n{}",
                 keys::GROUP,
-                keys::STREAM,
+                self.keys.stream(),
                 exited,
                 self.logs_tail()
             );
@@ -499,8 +547,9 @@ impl Stack {
         let joined = eventually(READY_TIMEOUT, || {
             let url = redis_url.clone();
             let pids = pids.clone();
+            let keys = self.keys.clone();
             async move {
-                let list = consumers(&url).await;
+                let list = consumers_of(&url, &keys).await;
                 pids.iter()
                     .all(|&pid| consumer_of_pid(&list, pid).is_some())
             }
@@ -509,7 +558,7 @@ impl Stack {
         assert!(
             joined,
             "workers {pids:?} did not all join the group within {READY_TIMEOUT:?}: {:?}\n{}",
-            consumers(&redis_url).await,
+            consumers_of(&redis_url, &self.keys).await,
             self.logs_tail()
         );
         let reading = eventually(Duration::from_secs(10), || {
@@ -529,13 +578,18 @@ impl Stack {
         let url = self.redis.url();
         let ok = eventually(timeout, || {
             let url = url.clone();
-            async move { queue_state(&url).await.is_some_and(|s| s.drained()) }
+            let keys = self.keys.clone();
+            async move {
+                queue_state_of(&url, &keys)
+                    .await
+                    .is_some_and(|s| s.drained())
+            }
         })
         .await;
         if !ok {
             panic!(
                 "the stream was not drained within {timeout:?}: {:?}\n{}",
-                queue_state(&url).await,
+                queue_state_of(&url, &self.keys).await,
                 self.logs_tail()
             );
         }
@@ -545,7 +599,7 @@ impl Stack {
     pub async fn stream_len(&self) -> u64 {
         let mut c = self.redis_conn().await;
         redis::cmd("XLEN")
-            .arg(keys::STREAM)
+            .arg(self.keys.stream())
             .query_async(&mut c)
             .await
             .expect("XLEN")
@@ -638,11 +692,16 @@ impl QueueState {
 }
 
 pub async fn queue_state(redis_url: &str) -> Option<QueueState> {
+    queue_state_of(redis_url, &Keys::default()).await
+}
+
+/// [`queue_state`] of the bot whose keys are `keys`.
+pub async fn queue_state_of(redis_url: &str, keys: &Keys) -> Option<QueueState> {
     let client = redis::Client::open(redis_url).ok()?;
     let mut c = client.get_multiplexed_async_connection().await.ok()?;
     let stream: redis::Value = redis::cmd("XINFO")
         .arg("STREAM")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .query_async(&mut c)
         .await
         .ok()?;
@@ -657,7 +716,7 @@ pub async fn queue_state(redis_url: &str) -> Option<QueueState> {
     };
     let groups: redis::Value = redis::cmd("XINFO")
         .arg("GROUPS")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .query_async(&mut c)
         .await
         .ok()?;
@@ -676,7 +735,7 @@ pub async fn queue_state(redis_url: &str) -> Option<QueueState> {
         }
     }
     st.kept = redis::cmd("HLEN")
-        .arg(keys::REPLIES)
+        .arg(keys.replies())
         .query_async(&mut c)
         .await
         .unwrap_or(0);

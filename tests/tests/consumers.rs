@@ -197,7 +197,7 @@ async fn a_stopped_worker_leaves_the_group_at_once() {
     assert_eq!(names.len(), 1, "the other worker stays: {names:?}");
     let mut c = s.redis_conn().await;
     let alive: bool = redis::cmd("EXISTS")
-        .arg(shared::keys::alive(&name))
+        .arg(shared::keys::Keys::default().alive(&name))
         .query_async(&mut c)
         .await
         .expect("EXISTS");
@@ -213,12 +213,12 @@ async fn a_name_that_owns_entries_does_not_leave() {
     };
     let mut conn = shared::redis_conn::manager(&redis.url()).expect("manager");
     use shared::store::redis_ops;
-    redis_ops::join_group(&mut conn, "holder")
+    redis_ops::join_group(&mut conn, &shared::keys::Keys::default(), "holder")
         .await
         .expect("join");
     let mut c = redis.conn().await;
     let _: String = redis::cmd("XADD")
-        .arg(shared::keys::STREAM)
+        .arg(shared::keys::Keys::default().stream())
         .arg("*")
         .arg("u")
         .arg("{}")
@@ -232,23 +232,25 @@ async fn a_name_that_owns_entries_does_not_leave() {
         .arg("COUNT")
         .arg(1)
         .arg("STREAMS")
-        .arg(shared::keys::STREAM)
+        .arg(shared::keys::Keys::default().stream())
         .arg(">")
         .query_async(&mut c)
         .await
         .expect("XREADGROUP");
     assert!(!matches!(read, redis::Value::Nil), "one entry read");
 
-    assert!(!redis_ops::leave_group(&mut conn, "holder")
-        .await
-        .expect("leave"));
+    assert!(
+        !redis_ops::leave_group(&mut conn, &shared::keys::Keys::default(), "holder")
+            .await
+            .expect("leave")
+    );
     let list = consumers(&redis.url()).await;
     assert_eq!(list.len(), 1, "{list:?}");
     assert_eq!(list[0].pending, 1, "the entry is still owned: {list:?}");
 
     // Acknowledged: nothing owned any more, so it leaves.
     let id: Vec<(String, String, i64, i64)> = redis::cmd("XPENDING")
-        .arg(shared::keys::STREAM)
+        .arg(shared::keys::Keys::default().stream())
         .arg(shared::keys::GROUP)
         .arg("-")
         .arg("+")
@@ -257,14 +259,16 @@ async fn a_name_that_owns_entries_does_not_leave() {
         .await
         .expect("XPENDING");
     let _: i64 = redis::cmd("XACK")
-        .arg(shared::keys::STREAM)
+        .arg(shared::keys::Keys::default().stream())
         .arg(shared::keys::GROUP)
         .arg(&id[0].0)
         .query_async(&mut c)
         .await
         .expect("XACK");
-    assert!(redis_ops::leave_group(&mut conn, "holder")
-        .await
-        .expect("leave"));
+    assert!(
+        redis_ops::leave_group(&mut conn, &shared::keys::Keys::default(), "holder")
+            .await
+            .expect("leave")
+    );
     assert!(consumers(&redis.url()).await.is_empty());
 }

@@ -14,7 +14,7 @@ use shared::keys;
 async fn dead_letters(s: &Stack) -> u64 {
     let mut c = s.redis_conn().await;
     redis::cmd("XLEN")
-        .arg(keys::DEAD_STREAM)
+        .arg(keys::Keys::default().dead())
         .query_async(&mut c)
         .await
         .unwrap_or(0)
@@ -211,7 +211,7 @@ async fn persistent_failures_are_dead_lettered_and_replayable() {
                 return false;
             };
             redis::cmd("XLEN")
-                .arg(keys::DEAD_STREAM)
+                .arg(keys::Keys::default().dead())
                 .query_async::<u64>(&mut c)
                 .await
                 .is_ok_and(|n| n == 1)

@@ -132,7 +132,7 @@ fn field_map(entry: &redis::Value) -> (String, HashMap<String, String>) {
 async fn last_entry(s: &Stack) -> HashMap<String, String> {
     let mut c = s.redis_conn().await;
     let v: redis::Value = redis::cmd("XREVRANGE")
-        .arg(keys::STREAM)
+        .arg(keys::Keys::default().stream())
         .arg("+")
         .arg("-")
         .arg("COUNT")

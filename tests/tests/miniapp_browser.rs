@@ -72,19 +72,19 @@ async fn mini_app_in_headless_chromium_shows_real_stats_and_rejects_bad_launch_d
     // What Redis says, and what the traffic says it must be.
     let mut c = s.redis_conn().await;
     let messages: u64 = redis::cmd("HGET")
-        .arg(keys::user(USER_ID))
+        .arg(keys::Keys::default().user(USER_ID))
         .arg("messages")
         .query_async(&mut c)
         .await
         .expect("HGET messages");
     let first_seen_ms: i64 = redis::cmd("HGET")
-        .arg(keys::user(USER_ID))
+        .arg(keys::Keys::default().user(USER_ID))
         .arg("first_seen")
         .query_async(&mut c)
         .await
         .expect("HGET first_seen");
     let users_total: u64 = redis::cmd("ZCARD")
-        .arg(keys::USERS_FIRST_SEEN)
+        .arg(keys::Keys::default().users_first_seen())
         .query_async(&mut c)
         .await
         .expect("ZCARD");

@@ -49,7 +49,7 @@ async fn queue_stats_reports_the_stream() {
     ] {
         assert!(v.get(f).is_some(), "field {f} in {v}");
     }
-    assert_eq!(v["stream"], shared::keys::STREAM);
+    assert_eq!(v["stream"], shared::keys::Keys::default().stream());
     assert_eq!(v["length"].as_u64(), Some(s.stream_len().await), "{v}");
     assert_eq!(v["pending"], 0, "{v}");
     assert_eq!(v["dead_letters"], 0, "{v}");

@@ -271,7 +271,7 @@ async fn wait_all_answered(
 async fn dead_letters(s: &Stack) -> Vec<HashMap<String, String>> {
     let mut c = s.redis_conn().await;
     let v: redis::Value = redis::cmd("XRANGE")
-        .arg(keys::DEAD_STREAM)
+        .arg(keys::Keys::default().dead())
         .arg("-")
         .arg("+")
         .query_async(&mut c)
@@ -304,7 +304,7 @@ async fn dead_letters(s: &Stack) -> Vec<HashMap<String, String>> {
 async fn order_lists_left(s: &Stack) -> Vec<String> {
     let mut c = s.redis_conn().await;
     redis::cmd("KEYS")
-        .arg(keys::order("*"))
+        .arg(keys::Keys::default().order("*"))
         .query_async(&mut c)
         .await
         .expect("KEYS")

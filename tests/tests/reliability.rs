@@ -26,7 +26,6 @@ use e2e::WEBHOOK_SECRET;
 use futures::StreamExt;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use shared::keys;
 
 /// Updates per burst.
 const N: usize = 2_000;
@@ -376,7 +375,7 @@ async fn rate_limited_burst_is_answered_late_never_early_never_dead() {
     assert_nothing_lost(&a, &s);
     assert_eq!(a.answered, N, "every reply arrives");
     assert_eq!(a.dead, 0, "a 429 is not a failure: {:?}", a.dead_letters);
-    assert_eq!(xlen(&s, keys::DEAD_STREAM).await, 0, "no dead letters");
+    assert_eq!(xlen(&s, &s.keys.dead()).await, 0, "no dead letters");
     assert_eq!(
         counters(&s.redis.url())
             .await
@@ -476,7 +475,7 @@ async fn poison_update_is_dead_lettered_the_rest_flows_and_replay_answers_it() {
     assert_eq!(after.answered, N + 1, "replayed poison answered");
     assert_eq!(after.duplicates, 0, "{:?}", after.repeated);
     assert_eq!(
-        xlen(&s, keys::DEAD_STREAM).await,
+        xlen(&s, &s.keys.dead()).await,
         0,
         "replay-dead empties the dead letters"
     );
@@ -796,14 +795,18 @@ async fn random_bodies_are_refused_and_nothing_is_stored() {
         s.logs_tail()
     );
     assert_eq!(
-        xlen(&s, keys::STREAM).await,
+        xlen(&s, &s.keys.stream()).await,
         0,
         "seed {seed}: nothing stored"
     );
     // And it still takes real updates.
     let u = private_command(next_update_id(), 7_100_001, "After", Some("en"), "/start");
     s.post_ok(&u).await;
-    assert_eq!(xlen(&s, keys::STREAM).await, 1, "the real update is stored");
+    assert_eq!(
+        xlen(&s, &s.keys.stream()).await,
+        1,
+        "the real update is stored"
+    );
     let n400 = answers.iter().filter(|(_, r)| matches!(r, Ok(400))).count();
     loud(&format!(
         "  note: garbage bodies: {} posted, {n400} answered 400, {} answered 413, none stored (seed {seed})",

@@ -29,7 +29,7 @@ async fn post_all(s: &Stack, updates: &[Value]) {
 async fn dead_letters(s: &Stack) -> u64 {
     let mut c = s.redis_conn().await;
     redis::cmd("XLEN")
-        .arg(keys::DEAD_STREAM)
+        .arg(keys::Keys::default().dead())
         .query_async(&mut c)
         .await
         .unwrap_or(0)

@@ -15,7 +15,7 @@ const T: Duration = Duration::from_secs(30);
 /// Stores `raw` as the entry of `shape` (the same update, valid JSON): the
 /// ingress itself now refuses invalid UTF-8 with 400.
 async fn store_raw(s: &Stack, shape: &[u8], raw: &[u8]) {
-    let store = RedisStore::open(&s.redis.url()).expect("redis url");
+    let store = RedisStore::open(&s.redis.url(), shared::keys::Keys::default()).expect("redis url");
     let p = probe(shape).expect("an update the ingress's probe accepts");
     tokio::time::timeout(T, store.enqueue(&p, raw))
         .await

@@ -8,7 +8,7 @@ use redis::Value;
 use serde::Serialize;
 
 use shared::envelope::now_ms;
-use shared::keys;
+use shared::keys::{self, Keys};
 
 use shared::store::redis_ops::{self as stream, value_i64, value_string, value_u64};
 
@@ -72,22 +72,22 @@ fn entries(v: &Value) -> Vec<(String, HashMap<String, Value>)> {
         .collect()
 }
 
-pub async fn stats(conn: &mut ConnectionManager) -> redis::RedisResult<QueueStats> {
+pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisResult<QueueStats> {
     let length: u64 = redis::cmd("XLEN")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .query_async(conn)
         .await?;
     let dead_letters: u64 = redis::cmd("XLEN")
-        .arg(keys::DEAD_STREAM)
+        .arg(keys.dead())
         .query_async(conn)
         .await?;
     let exists: bool = redis::cmd("EXISTS")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .query_async(conn)
         .await?;
     if !exists {
         return Ok(QueueStats {
-            stream: keys::STREAM.into(),
+            stream: keys.stream(),
             length,
             lag: 0,
             pending: 0,
@@ -96,17 +96,17 @@ pub async fn stats(conn: &mut ConnectionManager) -> redis::RedisResult<QueueStat
             dead_letters,
         });
     }
-    let mut consumers = match stream::consumers(conn).await {
+    let mut consumers = match stream::consumers(conn, keys).await {
         Ok(c) => c,
         Err(e) if stream::is_nogroup(&e) => vec![],
         Err(e) => return Err(e),
     };
-    stream::fill_alive(conn, &mut consumers).await?;
-    let lag = stream::depth(conn).await?.lag;
+    stream::fill_alive(conn, keys, &mut consumers).await?;
+    let lag = stream::depth(conn, keys).await?.lag;
     let pending: u64 = consumers.iter().map(|c| c.pending).sum();
     let oldest_pending_ms = if pending > 0 {
         let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg(keys::STREAM)
+            .arg(keys.stream())
             .arg(keys::GROUP)
             .arg("-")
             .arg("+")
@@ -121,7 +121,7 @@ pub async fn stats(conn: &mut ConnectionManager) -> redis::RedisResult<QueueStat
         None
     };
     Ok(QueueStats {
-        stream: keys::STREAM.into(),
+        stream: keys.stream(),
         length,
         lag,
         pending,
@@ -172,9 +172,12 @@ pub fn render_stats(s: &QueueStats) -> String {
     out
 }
 
-pub async fn dead(conn: &mut ConnectionManager) -> redis::RedisResult<Vec<DeadLetter>> {
+pub async fn dead(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+) -> redis::RedisResult<Vec<DeadLetter>> {
     let v: Value = redis::cmd("XRANGE")
-        .arg(keys::DEAD_STREAM)
+        .arg(keys.dead())
         .arg("-")
         .arg("+")
         .query_async(conn)
@@ -241,9 +244,12 @@ pub struct ReplayReport {
     pub kept: u64,
 }
 
-pub async fn replay_dead(conn: &mut ConnectionManager) -> redis::RedisResult<ReplayReport> {
+pub async fn replay_dead(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+) -> redis::RedisResult<ReplayReport> {
     let v: Value = redis::cmd("XRANGE")
-        .arg(keys::DEAD_STREAM)
+        .arg(keys.dead())
         .arg("-")
         .arg("+")
         .query_async(conn)
@@ -253,11 +259,11 @@ pub async fn replay_dead(conn: &mut ConnectionManager) -> redis::RedisResult<Rep
     for (dead_id, fields) in entries(&v) {
         let key = fields.get("key").and_then(value_string).unwrap_or_default();
         let mut inv = script.prepare_invoke();
-        inv.key(keys::STREAM)
-            .key(keys::DEAD_STREAM)
-            .key(keys::order(&key))
-            .key(keys::REPLIES)
-            .key(keys::REPLIES_DUE)
+        inv.key(keys.stream())
+            .key(keys.dead())
+            .key(keys.order(&key))
+            .key(keys.replies())
+            .key(keys.replies_due())
             .arg(&dead_id)
             .arg(now_ms());
         match inv.invoke_async::<i64>(conn).await? {

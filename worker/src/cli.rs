@@ -90,7 +90,7 @@ pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
     let result: Result<String, redis::RedisError> = async {
         Ok(match action {
             QueueAction::Stats { json } => {
-                let s = crate::admin::stats(&mut conn).await?;
+                let s = crate::admin::stats(&mut conn, &config.redis_keys).await?;
                 if json {
                     serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
                 } else {
@@ -98,7 +98,7 @@ pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
                 }
             }
             QueueAction::Dead { json } => {
-                let d = crate::admin::dead(&mut conn).await?;
+                let d = crate::admin::dead(&mut conn, &config.redis_keys).await?;
                 if json {
                     serde_json::to_string_pretty(&d).unwrap_or_default() + "\n"
                 } else {
@@ -106,7 +106,7 @@ pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
                 }
             }
             QueueAction::ReplayDead => {
-                let r = crate::admin::replay_dead(&mut conn).await?;
+                let r = crate::admin::replay_dead(&mut conn, &config.redis_keys).await?;
                 format!(
                     "Replayed {} dead letters onto the stream ({} without an update body kept).\n",
                     r.replayed, r.kept

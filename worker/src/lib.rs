@@ -81,7 +81,8 @@ pub async fn run<S: Send + Sync + 'static>(
     cancel: CancellationToken,
 ) -> Result<(), WorkerError> {
     let redis_url = config.redis_url_or_default().to_owned();
-    let store = RedisStore::open(&redis_url).map_err(WorkerError::Redis)?;
+    let store =
+        RedisStore::open(&redis_url, config.redis_keys.clone()).map_err(WorkerError::Redis)?;
     info!(redis = %redact_url(&redis_url), "using Redis");
     run_with(config, Arc::new(store), bot, cancel).await
 }

@@ -15,7 +15,6 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use shared::botapi::BotApi;
-use shared::keys;
 use shared::signals::Backoff;
 use shared::store::Store;
 
@@ -29,10 +28,14 @@ pub async fn publish_allowed_updates(store: &dyn Store, kinds: &[String]) {
     let value = serde_json::to_string(kinds).unwrap_or_default();
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     for _ in 0..6 {
-        match store.get(keys::ALLOWED_UPDATES).await {
+        match store.get(&store.keys().allowed_updates()).await {
             Ok(Some(v)) if v == value => return,
             Ok(_) => {
-                if store.set(keys::ALLOWED_UPDATES, &value).await.is_ok() {
+                if store
+                    .set(&store.keys().allowed_updates(), &value)
+                    .await
+                    .is_ok()
+                {
                     info!(allowed_updates = %kinds.join(","), "update kinds published for the ingress");
                     return;
                 }
@@ -63,7 +66,7 @@ pub async fn publish(api: &BotApi, store: &dyn Store, registry: &[CommandInfo], 
     let fp = fingerprint(&calls);
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     for _ in 0..6 {
-        match store.get(keys::MENU_FINGERPRINT).await {
+        match store.get(&store.keys().menu_fingerprint()).await {
             Ok(Some(stored)) if stored == fp => {
                 debug!("command menu unchanged");
                 return;
@@ -75,7 +78,10 @@ pub async fn publish(api: &BotApi, store: &dyn Store, registry: &[CommandInfo], 
                 continue;
             }
         }
-        match store.try_lock(keys::MENU_LOCK, holder, 30_000).await {
+        match store
+            .try_lock(&store.keys().menu_lock(), holder, 30_000)
+            .await
+        {
             Ok(true) => {}
             _ => {
                 // Another replica is publishing: look again shortly.
@@ -92,14 +98,14 @@ pub async fn publish(api: &BotApi, store: &dyn Store, registry: &[CommandInfo], 
             }
         }
         if ok {
-            let _ = store.set(keys::MENU_FINGERPRINT, &fp).await;
+            let _ = store.set(&store.keys().menu_fingerprint(), &fp).await;
             info!(
                 commands = registry.len(),
                 languages = calls.len() - 1,
                 "command menu published"
             );
         }
-        let _ = store.release(keys::MENU_LOCK, holder).await;
+        let _ = store.release(&store.keys().menu_lock(), holder).await;
         if ok {
             return;
         }

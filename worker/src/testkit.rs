@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use shared::envelope::{probe, Enqueued};
-use shared::keys;
+
 use shared::store::{MemoryStore, Store};
 use shared::Config;
 
@@ -127,7 +127,7 @@ impl Builder {
         let config = Config::from_lookup(|k| env.get(k).cloned())
             .unwrap_or_else(|e| panic!("test kit: the engine refuses this configuration: {e}"));
         let has_menu = !bot.command_list().is_empty();
-        let store = Arc::new(MemoryStore::new());
+        let store = Arc::new(MemoryStore::new(shared::keys::Keys::default()));
         let cancel = CancellationToken::new();
         let run = tokio::spawn(crate::run_with(
             config,
@@ -348,7 +348,7 @@ impl TestKit {
             let menu = !has_menu
                 || self
                     .store
-                    .get(keys::MENU_FINGERPRINT)
+                    .get(&self.store.keys().menu_fingerprint())
                     .await
                     .is_ok_and(|f| f.is_some());
             if me && joined && menu {

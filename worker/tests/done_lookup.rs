@@ -35,6 +35,9 @@ impl Store for FlakyLookups {
     fn kind(&self) -> &'static str {
         "flaky"
     }
+    fn keys(&self) -> &shared::keys::Keys {
+        self.inner.keys()
+    }
     fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
         if self.lookups.fetch_add(1, Ordering::SeqCst) < self.failing {
             return Box::pin(async { Err(StoreError::Timeout) });
@@ -168,7 +171,7 @@ impl Handler for Recorder {
 async fn a_failed_already_handled_lookup_does_not_run_the_handler() {
     let failing = 3;
     let store = Arc::new(FlakyLookups {
-        inner: MemoryStore::new(),
+        inner: MemoryStore::default(),
         failing,
         lookups: AtomicUsize::new(0),
         failures_counted: AtomicUsize::new(0),

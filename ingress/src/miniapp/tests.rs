@@ -61,7 +61,9 @@ async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &
 
 async fn serve(redis_url: &str, max_age: Duration) -> SocketAddr {
     let state = MiniAppState {
-        store: std::sync::Arc::new(shared::store::RedisStore::open(redis_url).unwrap()),
+        store: std::sync::Arc::new(
+            shared::store::RedisStore::open(redis_url, shared::keys::Keys::default()).unwrap(),
+        ),
         token: BotToken::parse(v::TOKEN).unwrap(),
         max_age,
     };
@@ -287,7 +289,7 @@ async fn api_me_answers_stats_from_redis() {
     let mut c = shared::redis_conn::manager(&server.url).unwrap();
     let _: () = redis::pipe()
         .cmd("HSET")
-        .arg(shared::keys::user(42))
+        .arg(shared::keys::Keys::default().user(42))
         .arg(&[
             ("first_name", "Old name"),
             ("username", "ann"),
@@ -299,30 +301,30 @@ async fn api_me_answers_stats_from_redis() {
         ])
         .ignore()
         .cmd("ZADD")
-        .arg(shared::keys::USERS_FIRST_SEEN)
+        .arg(shared::keys::Keys::default().users_first_seen())
         .arg(1000)
         .arg(1)
         .arg(now_ms)
         .arg(42)
         .ignore()
         .cmd("ZADD")
-        .arg(shared::keys::USERS_LAST_SEEN)
+        .arg(shared::keys::Keys::default().users_last_seen())
         .arg(now_ms)
         .arg(42)
         .ignore()
         .cmd("HSET")
-        .arg(shared::keys::COUNTERS)
+        .arg(shared::keys::Keys::default().counters())
         .arg("updates_handled")
         .arg(99)
         .ignore()
         .cmd("XADD")
-        .arg(shared::keys::STREAM)
+        .arg(shared::keys::Keys::default().stream())
         .arg("*")
         .arg("u")
         .arg("1")
         .ignore()
         .cmd("XADD")
-        .arg(shared::keys::STREAM)
+        .arg(shared::keys::Keys::default().stream())
         .arg("*")
         .arg("u")
         .arg("2")

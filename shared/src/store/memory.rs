@@ -22,7 +22,7 @@ use super::{
     OrphanReply, Read, Store, StoreFuture, Write,
 };
 use crate::envelope::{now_ms, Enqueued, Entry, Probe};
-use crate::keys;
+use crate::keys::{self, Keys};
 use crate::stats::{BotStats, UserRecord};
 
 type Id = (u64, u64);
@@ -160,11 +160,17 @@ impl State {
 pub struct MemoryStore {
     state: Mutex<State>,
     arrived: Notify,
+    /// Names its locks and leases come under, as with Redis; nothing here
+    /// is shared with another bot, so the prefix only keeps the API uniform.
+    keys: Keys,
 }
 
 impl MemoryStore {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(keys: Keys) -> Self {
+        Self {
+            keys,
+            ..Self::default()
+        }
     }
 
     pub fn dead_letters(&self) -> Vec<MemoryDeadLetter> {
@@ -194,6 +200,10 @@ fn ready<'a, T: Send + 'a>(v: T) -> StoreFuture<'a, T> {
 }
 
 impl Store for MemoryStore {
+    fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
     fn kind(&self) -> &'static str {
         "embedded"
     }
@@ -567,7 +577,7 @@ impl Store for MemoryStore {
                     name: name.clone(),
                     pending: s.pending.values().filter(|p| &p.consumer == name).count() as u64,
                     idle_ms: seen.elapsed().as_millis() as u64,
-                    alive: s.kv_get(&keys::alive(name)).is_some(),
+                    alive: s.kv_get(&self.keys.alive(name)).is_some(),
                 })
                 .collect()
         }))
@@ -579,7 +589,7 @@ impl Store for MemoryStore {
                 return false;
             }
             s.consumers.remove(consumer);
-            s.kv.remove(&keys::alive(consumer));
+            s.kv.remove(&self.keys.alive(consumer));
             true
         }))
     }
@@ -587,7 +597,7 @@ impl Store for MemoryStore {
     fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
         let exp = Instant::now() + ttl;
         self.with(|s| {
-            s.kv.insert(keys::alive(consumer), ("1".to_owned(), Some(exp)));
+            s.kv.insert(self.keys.alive(consumer), ("1".to_owned(), Some(exp)));
         });
         ready(())
     }
@@ -643,9 +653,9 @@ impl Store for MemoryStore {
         ready(self.with(|s| {
             let now = now_ms() * 1000;
             let tat = |s: &State, k: &str| s.rate.get(k).copied().unwrap_or(0).max(now);
-            let g = tat(s, keys::RATE_GLOBAL);
+            let g = tat(s, &self.keys.rate_global());
             let mut wait = g - b.tolerance_us as i64 - now;
-            let chat_key = keys::rate_chat(b.chat_id);
+            let chat_key = self.keys.rate_chat(b.chat_id);
             let c = tat(s, &chat_key);
             if b.chat_interval_us > 0 {
                 wait = wait.max(c - b.chat_tolerance_us as i64 - now);
@@ -654,7 +664,7 @@ impl Store for MemoryStore {
                 return wait as u64;
             }
             s.rate
-                .insert(keys::RATE_GLOBAL.to_owned(), g + b.interval_us as i64);
+                .insert(self.keys.rate_global(), g + b.interval_us as i64);
             if b.chat_interval_us > 0 {
                 s.rate.insert(chat_key, c + b.chat_interval_us as i64);
             }
@@ -677,7 +687,7 @@ mod tests {
 
     #[tokio::test]
     async fn dedupe_in_and_out_ack_and_order() {
-        let m = MemoryStore::new();
+        let m = MemoryStore::default();
         let (p1, r1) = update(1, 5);
         let (p2, r2) = update(2, 5);
         assert!(matches!(
@@ -717,7 +727,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_joined_consumer_is_listed_and_alive_until_its_mark_expires() {
-        let m = MemoryStore::new();
+        let m = MemoryStore::default();
         m.join_group("w1").await.unwrap();
         m.join_group("w1").await.unwrap();
         let list = m.consumers().await.unwrap();
@@ -733,7 +743,7 @@ mod tests {
 
     #[tokio::test]
     async fn idle_entries_are_claimed_and_dead_letters_leave_the_order() {
-        let m = MemoryStore::new();
+        let m = MemoryStore::default();
         let (p1, r1) = update(10, 6);
         m.enqueue(&p1, &r1).await.unwrap();
         let e = m
@@ -775,7 +785,7 @@ mod tests {
 
     #[tokio::test]
     async fn blocking_read_wakes_on_arrival() {
-        let m = std::sync::Arc::new(MemoryStore::new());
+        let m = std::sync::Arc::new(MemoryStore::default());
         let m2 = m.clone();
         let reader = tokio::spawn(async move { m2.read_new("a", 1, 5_000).await.unwrap() });
         tokio::time::sleep(Duration::from_millis(50)).await;

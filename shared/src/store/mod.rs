@@ -68,7 +68,7 @@ pub struct UserTouch {
 /// A write a handler asked for, applied exactly once: with its update's
 /// completion, and only if the update had not been handled before - so a
 /// redelivery (crash, reclaim, resend) never applies it twice. Hashes live
-/// in the bot's own namespace (`tgbot:kv:<hash>`); the queue knows no
+/// in the bot's own namespace (`<prefix>kv:<hash>`); the queue knows no
 /// bot's schema.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
@@ -181,6 +181,11 @@ pub struct Budget {
 pub trait Store: Send + Sync + 'static {
     /// Which implementation, for logs.
     fn kind(&self) -> &'static str;
+
+    /// The names of this bot's keys: the locks, leases and fingerprints
+    /// callers pass to [`Store::get`], [`Store::lease`] ... come from here,
+    /// so they carry the same prefix as everything the store names itself.
+    fn keys(&self) -> &crate::keys::Keys;
 
     // --- the way in ---
     /// Stores an update (and marks its id seen, and appends it to its

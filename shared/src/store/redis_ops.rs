@@ -16,7 +16,7 @@ use redis::Value;
 
 use super::{ConsumerInfo, Head};
 use crate::envelope::{now_ms, Entry};
-use crate::keys;
+use crate::keys::{self, Keys};
 
 pub type RedisResult<T> = redis::RedisResult<T>;
 
@@ -33,10 +33,14 @@ pub type RedisResult<T> = redis::RedisResult<T>;
 /// reading needs no memory, and XREADGROUP adds the consumer as it hands
 /// it its first entries (the worker's periodic rejoin lists it once Redis
 /// has room). Only a missing group is an error: it cannot be made.
-pub async fn join_group(conn: &mut ConnectionManager, consumer: &str) -> RedisResult<()> {
+pub async fn join_group(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    consumer: &str,
+) -> RedisResult<()> {
     let r: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .arg(keys::GROUP)
         .arg("0")
         .arg("MKSTREAM")
@@ -45,7 +49,7 @@ pub async fn join_group(conn: &mut ConnectionManager, consumer: &str) -> RedisRe
     match r {
         Err(e) if e.code() == Some("BUSYGROUP") => {}
         Err(e) if is_oom(&e) => {
-            if !group_exists(conn).await? {
+            if !group_exists(conn, keys).await? {
                 return Err(e);
             }
         }
@@ -53,7 +57,7 @@ pub async fn join_group(conn: &mut ConnectionManager, consumer: &str) -> RedisRe
     }
     let r = redis::cmd("XGROUP")
         .arg("CREATECONSUMER")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .arg(keys::GROUP)
         .arg(consumer)
         .query_async::<i64>(conn)
@@ -75,10 +79,10 @@ pub fn is_oom(e: &redis::RedisError) -> bool {
     e.code() == Some("OOM")
 }
 
-async fn group_exists(conn: &mut ConnectionManager) -> RedisResult<bool> {
+async fn group_exists(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<bool> {
     let r: RedisResult<Vec<HashMap<String, Value>>> = redis::cmd("XINFO")
         .arg("GROUPS")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .query_async(conn)
         .await;
     match r {
@@ -96,9 +100,9 @@ async fn group_exists(conn: &mut ConnectionManager) -> RedisResult<bool> {
 /// every check a write must pass before it - the memory limit
 /// (`noeviction`), a failed snapshot (`MISCONF`), a read-only replica, too
 /// few replicas (`NOREPLICAS`) - and answers that check's error.
-pub async fn write_probe(conn: &mut ConnectionManager) -> RedisResult<()> {
+pub async fn write_probe(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<()> {
     redis::cmd("SETRANGE")
-        .arg(keys::WRITE_PROBE)
+        .arg(keys.write_probe())
         .arg(0)
         .arg("")
         .query_async::<i64>(conn)
@@ -159,6 +163,7 @@ pub fn parse_entries(v: &Value) -> (Vec<Entry>, Vec<(String, String)>) {
 /// New entries for this consumer, waiting up to `block_ms` for some.
 pub async fn read_new(
     conn: &mut ConnectionManager,
+    keys: &Keys,
     consumer: &str,
     count: usize,
     block_ms: u64,
@@ -172,7 +177,7 @@ pub async fn read_new(
         .arg("BLOCK")
         .arg(block_ms)
         .arg("STREAMS")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .arg(">")
         .query_async(conn)
         .await?;
@@ -195,13 +200,14 @@ pub async fn read_new(
 /// stalled). One page per call; the caller loops on the returned cursor.
 pub async fn autoclaim(
     conn: &mut ConnectionManager,
+    keys: &Keys,
     consumer: &str,
     min_idle_ms: u64,
     cursor: &str,
     count: usize,
 ) -> RedisResult<(String, Vec<Entry>, Vec<(String, String)>)> {
     let v: Value = redis::cmd("XAUTOCLAIM")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .arg(keys::GROUP)
         .arg(consumer)
         .arg(min_idle_ms)
@@ -225,6 +231,7 @@ pub async fn autoclaim(
 /// How many times each of these entries has been delivered.
 pub async fn delivery_counts(
     conn: &mut ConnectionManager,
+    keys: &Keys,
     ids: &[&str],
 ) -> RedisResult<HashMap<String, u64>> {
     // One pipelined round trip: claimed entries are not yet covered by the
@@ -232,7 +239,7 @@ pub async fn delivery_counts(
     let mut pipe = redis::pipe();
     for id in ids {
         pipe.cmd("XPENDING")
-            .arg(keys::STREAM)
+            .arg(keys.stream())
             .arg(keys::GROUP)
             .arg(*id)
             .arg(*id)
@@ -253,6 +260,7 @@ pub async fn delivery_counts(
 /// one. JUSTID: the delivery count is not incremented.
 pub async fn heartbeat(
     conn: &mut ConnectionManager,
+    keys: &Keys,
     consumer: &str,
     ids: &[String],
 ) -> RedisResult<()> {
@@ -260,7 +268,7 @@ pub async fn heartbeat(
         return Ok(());
     }
     let mut cmd = redis::cmd("XCLAIM");
-    cmd.arg(keys::STREAM).arg(keys::GROUP).arg(consumer).arg(0);
+    cmd.arg(keys.stream()).arg(keys::GROUP).arg(consumer).arg(0);
     for id in ids {
         cmd.arg(id);
     }
@@ -398,14 +406,15 @@ impl Scripts {
     pub async fn reply_sent(
         &self,
         conn: &mut ConnectionManager,
+        keys: &Keys,
         entry_id: &str,
         key: &str,
     ) -> RedisResult<Option<String>> {
         let mut inv = self.reply_sent.prepare_invoke();
-        inv.key(keys::REPLIES)
-            .key(keys::REPLIES_DUE)
-            .key(keys::FAILURES)
-            .key(keys::order(key))
+        inv.key(keys.replies())
+            .key(keys.replies_due())
+            .key(keys.failures())
+            .key(keys.order(key))
             .arg(entry_id)
             .arg(key);
         let head: String = inv.invoke_async(conn).await?;
@@ -415,13 +424,14 @@ impl Scripts {
     pub async fn orphan_replies(
         &self,
         conn: &mut ConnectionManager,
+        keys: &Keys,
         until_ms: i64,
         count: usize,
     ) -> RedisResult<Vec<super::OrphanReply>> {
         let mut inv = self.orphans.prepare_invoke();
-        inv.key(keys::REPLIES_DUE)
-            .key(keys::REPLIES)
-            .key(keys::FAILURES)
+        inv.key(keys.replies_due())
+            .key(keys.replies())
+            .key(keys.failures())
             .arg(now_ms())
             .arg(until_ms)
             .arg(count);
@@ -441,25 +451,26 @@ impl Scripts {
     pub async fn finish(
         &self,
         conn: &mut ConnectionManager,
+        keys: &Keys,
         entry: &Entry,
         done_: super::Completion<'_>,
     ) -> RedisResult<(bool, Option<String>)> {
         let user = done_.user;
         let u = user.cloned().unwrap_or_default();
-        let done = keys::done(entry.update_id);
+        let done = keys.done(entry.update_id);
         let mut inv = self.finish.prepare_invoke();
         inv.key(&done.key)
-            .key(keys::user(u.id))
-            .key(keys::USERS_FIRST_SEEN)
-            .key(keys::USERS_LAST_SEEN)
-            .key(keys::COUNTERS)
-            .key(keys::STREAM)
-            .key(keys::FAILURES)
-            .key(keys::order(&entry.key))
-            .key(keys::REPLIES)
-            .key(keys::REPLIES_DUE);
+            .key(keys.user(u.id))
+            .key(keys.users_first_seen())
+            .key(keys.users_last_seen())
+            .key(keys.counters())
+            .key(keys.stream())
+            .key(keys.failures())
+            .key(keys.order(&entry.key))
+            .key(keys.replies())
+            .key(keys.replies_due());
         for w in done_.writes {
-            inv.key(keys::kv(w.hash()));
+            inv.key(keys.kv(w.hash()));
         }
         inv.arg(keys::DONE_TTL_SECS)
             .arg(now_ms())
@@ -492,6 +503,7 @@ impl Scripts {
     pub async fn dead_letter(
         &self,
         conn: &mut ConnectionManager,
+        keys: &Keys,
         id: &str,
         update_id: Option<i64>,
         key: &str,
@@ -501,13 +513,13 @@ impl Scripts {
         reply: &str,
     ) -> RedisResult<()> {
         let mut inv = self.dead.prepare_invoke();
-        inv.key(keys::STREAM)
-            .key(keys::DEAD_STREAM)
-            .key(keys::FAILURES)
-            .key(keys::COUNTERS)
-            .key(keys::order(key))
-            .key(keys::REPLIES)
-            .key(keys::REPLIES_DUE)
+        inv.key(keys.stream())
+            .key(keys.dead())
+            .key(keys.failures())
+            .key(keys.counters())
+            .key(keys.order(key))
+            .key(keys.replies())
+            .key(keys.replies_due())
             .arg(keys::GROUP)
             .arg(id)
             .arg(update_id.map(|u| u.to_string()).unwrap_or_default())
@@ -525,6 +537,7 @@ impl Scripts {
 /// Pushes the lease ends of replies still being sent (only those still kept).
 pub async fn renew_replies(
     conn: &mut ConnectionManager,
+    keys: &Keys,
     ids: &[String],
     until_ms: i64,
 ) -> RedisResult<()> {
@@ -532,7 +545,7 @@ pub async fn renew_replies(
         return Ok(());
     }
     let mut cmd = redis::cmd("ZADD");
-    cmd.arg(keys::REPLIES_DUE).arg("XX");
+    cmd.arg(keys.replies_due()).arg("XX");
     for id in ids {
         cmd.arg(until_ms).arg(id);
     }
@@ -541,28 +554,37 @@ pub async fn renew_replies(
 
 pub async fn kv_get(
     conn: &mut ConnectionManager,
+    keys: &Keys,
     hash: &str,
     field: &str,
 ) -> RedisResult<Option<String>> {
     redis::cmd("HGET")
-        .arg(keys::kv(hash))
+        .arg(keys.kv(hash))
         .arg(field)
         .query_async(conn)
         .await
 }
 
 /// Counts a failed delivery; returns the failures so far.
-pub async fn count_failure(conn: &mut ConnectionManager, entry_id: &str) -> RedisResult<u64> {
+pub async fn count_failure(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    entry_id: &str,
+) -> RedisResult<u64> {
     redis::cmd("HINCRBY")
-        .arg(keys::FAILURES)
+        .arg(keys.failures())
         .arg(entry_id)
         .arg(1)
         .query_async(conn)
         .await
 }
 
-pub async fn is_done(conn: &mut ConnectionManager, update_id: i64) -> RedisResult<bool> {
-    let done = keys::done(update_id);
+pub async fn is_done(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    update_id: i64,
+) -> RedisResult<bool> {
+    let done = keys.done(update_id);
     let bit: u8 = redis::cmd("GETBIT")
         .arg(&done.key)
         .arg(done.bit)
@@ -571,10 +593,13 @@ pub async fn is_done(conn: &mut ConnectionManager, update_id: i64) -> RedisResul
     Ok(bit == 1)
 }
 
-pub async fn consumers(conn: &mut ConnectionManager) -> RedisResult<Vec<ConsumerInfo>> {
+pub async fn consumers(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+) -> RedisResult<Vec<ConsumerInfo>> {
     let v: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
         .arg("CONSUMERS")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .arg(keys::GROUP)
         .query_async(conn)
         .await?;
@@ -600,10 +625,14 @@ redis.call('DEL', KEYS[2])
 return 1
 "#;
 
-pub async fn leave_group(conn: &mut ConnectionManager, consumer: &str) -> RedisResult<bool> {
+pub async fn leave_group(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    consumer: &str,
+) -> RedisResult<bool> {
     let left: i64 = redis::Script::new(LEAVE_LUA)
-        .key(keys::STREAM)
-        .key(keys::alive(consumer))
+        .key(keys.stream())
+        .key(keys.alive(consumer))
         .arg(keys::GROUP)
         .arg(consumer)
         .invoke_async(conn)
@@ -614,6 +643,7 @@ pub async fn leave_group(conn: &mut ConnectionManager, consumer: &str) -> RedisR
 /// Fills in `alive` for each consumer: one pipelined EXISTS per name.
 pub async fn fill_alive(
     conn: &mut ConnectionManager,
+    keys: &Keys,
     consumers: &mut [ConsumerInfo],
 ) -> RedisResult<()> {
     if consumers.is_empty() {
@@ -621,7 +651,7 @@ pub async fn fill_alive(
     }
     let mut p = redis::pipe();
     for c in consumers.iter() {
-        p.exists(keys::alive(&c.name));
+        p.exists(keys.alive(&c.name));
     }
     let alive: Vec<bool> = p.query_async(conn).await?;
     for (c, a) in consumers.iter_mut().zip(alive) {
@@ -632,11 +662,12 @@ pub async fn fill_alive(
 
 pub async fn mark_alive(
     conn: &mut ConnectionManager,
+    keys: &Keys,
     consumer: &str,
     ttl: Duration,
 ) -> RedisResult<()> {
     redis::cmd("SET")
-        .arg(keys::alive(consumer))
+        .arg(keys.alive(consumer))
         .arg(1)
         .arg("PX")
         .arg(ttl.as_millis().max(1) as u64)
@@ -644,10 +675,14 @@ pub async fn mark_alive(
         .await
 }
 
-pub async fn delete_consumer(conn: &mut ConnectionManager, name: &str) -> RedisResult<u64> {
+pub async fn delete_consumer(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    name: &str,
+) -> RedisResult<u64> {
     redis::cmd("XGROUP")
         .arg("DELCONSUMER")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .arg(keys::GROUP)
         .arg(name)
         .query_async(conn)
@@ -680,12 +715,13 @@ pub fn value_i64(v: &Value) -> Option<i64> {
 /// The first entry id of each conversation's order list (one round trip).
 pub async fn heads(
     conn: &mut ConnectionManager,
+    keys: &Keys,
     chats: &[(String, i64)],
 ) -> RedisResult<Vec<Head>> {
     let mut pipe = redis::pipe();
     for (k, update_id) in chats {
-        let done = keys::done(*update_id);
-        pipe.cmd("LINDEX").arg(keys::order(k)).arg(0);
+        let done = keys.done(*update_id);
+        pipe.cmd("LINDEX").arg(keys.order(k)).arg(0);
         pipe.cmd("GETBIT").arg(&done.key).arg(done.bit);
     }
     let replies: Vec<Value> = pipe.query_async(conn).await?;
@@ -715,14 +751,15 @@ return 1
 
 pub async fn heal_head(
     conn: &mut ConnectionManager,
+    keys: &Keys,
     order_key: &str,
     head: &str,
 ) -> RedisResult<bool> {
     let script = redis::Script::new(HEAL_LUA);
     let mut inv = script.prepare_invoke();
-    inv.key(keys::STREAM)
-        .key(keys::order(order_key))
-        .key(keys::REPLIES)
+    inv.key(keys.stream())
+        .key(keys.order(order_key))
+        .key(keys.replies())
         .arg(head);
     let n: i64 = inv.invoke_async(conn).await?;
     Ok(n == 1)
@@ -732,13 +769,13 @@ pub async fn heal_head(
 /// deleted, so every entry in the stream is either pending (delivered, not
 /// acknowledged) or not yet delivered: lag is length minus pending - exact,
 /// where Redis's own `lag` field turns nil after deletions.
-pub async fn depth(conn: &mut ConnectionManager) -> RedisResult<super::Depth> {
+pub async fn depth(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<super::Depth> {
     let length: u64 = redis::cmd("XLEN")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .query_async(conn)
         .await?;
     let summary: RedisResult<Value> = redis::cmd("XPENDING")
-        .arg(keys::STREAM)
+        .arg(keys.stream())
         .arg(keys::GROUP)
         .query_async(conn)
         .await;

@@ -11,7 +11,7 @@ use super::{
     Store, StoreError, StoreFuture, StoreResult,
 };
 use crate::envelope::{Enqueued, Enqueuer, Entry, Probe};
-use crate::keys;
+use crate::keys::Keys;
 use crate::redis_conn::{self, COMMAND_TIMEOUT};
 use crate::stats::{self, BotStats, UserRecord};
 
@@ -79,6 +79,7 @@ pub struct RedisStore {
     lease: redis::Script,
     release: redis::Script,
     gcra: redis::Script,
+    keys: Keys,
 }
 
 /// The longest a blocking read may wait.
@@ -86,7 +87,8 @@ pub const MAX_BLOCK: Duration = Duration::from_secs(2);
 
 impl RedisStore {
     /// Lazy: never fails because Redis is down, only on a malformed URL.
-    pub fn open(url: &str) -> redis::RedisResult<Self> {
+    /// Every key it touches is named by `keys` (`REDIS_KEY_PREFIX`).
+    pub fn open(url: &str, keys: Keys) -> redis::RedisResult<Self> {
         Ok(Self {
             conn: redis_conn::manager(url)?,
             blocking: redis_conn::blocking_manager(url, MAX_BLOCK)?,
@@ -95,6 +97,7 @@ impl RedisStore {
             lease: redis::Script::new(LEASE_LUA),
             release: redis::Script::new(RELEASE_LUA),
             gcra: redis::Script::new(GCRA_LUA),
+            keys,
         })
     }
 
@@ -151,10 +154,14 @@ impl Store for RedisStore {
         "redis"
     }
 
+    fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
     fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
         async move {
             let mut c = self.conn.clone();
-            match bounded(self.enqueuer.enqueue(&mut c, probe, raw)).await {
+            match bounded(self.enqueuer.enqueue(&mut c, &self.keys, probe, raw)).await {
                 // The connection broke (Redis restarted, a failover, an idle
                 // connection cut by a proxy): the manager is reconnecting,
                 // so one more try usually lands. Safe to repeat: if the
@@ -163,7 +170,7 @@ impl Store for RedisStore {
                 // 503 and hold the chat back for its own retry delay.
                 Err(StoreError::Redis(e)) if connection_broke(&e) => {
                     tracing::debug!(error = %e, "connection broke while storing; one more try");
-                    bounded(self.enqueuer.enqueue(&mut c, probe, raw)).await
+                    bounded(self.enqueuer.enqueue(&mut c, &self.keys, probe, raw)).await
                 }
                 other => other,
             }
@@ -174,7 +181,7 @@ impl Store for RedisStore {
     fn accepts_writes(&self) -> StoreFuture<'_, ()> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::write_probe(&mut c)).await
+            bounded(redis_ops::write_probe(&mut c, &self.keys)).await
         }
         .boxed()
     }
@@ -194,7 +201,7 @@ impl Store for RedisStore {
     fn depth(&self) -> StoreFuture<'_, Depth> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::depth(&mut c)).await
+            bounded(redis_ops::depth(&mut c, &self.keys)).await
         }
         .boxed()
     }
@@ -258,7 +265,7 @@ impl Store for RedisStore {
     fn join_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, ()> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::join_group(&mut c, consumer)).await
+            bounded(redis_ops::join_group(&mut c, &self.keys, consumer)).await
         }
         .boxed()
     }
@@ -272,7 +279,7 @@ impl Store for RedisStore {
         async move {
             let mut c = self.blocking.clone();
             let block_ms = block_ms.min(MAX_BLOCK.as_millis() as u64);
-            let f = redis_ops::read_new(&mut c, consumer, count, block_ms);
+            let f = redis_ops::read_new(&mut c, &self.keys, consumer, count, block_ms);
             let (entries, unreadable) =
                 match tokio::time::timeout(MAX_BLOCK + COMMAND_TIMEOUT, f).await {
                     Ok(r) => r?,
@@ -297,6 +304,7 @@ impl Store for RedisStore {
             let mut c = self.conn.clone();
             let (next_cursor, entries, unreadable) = bounded(redis_ops::autoclaim(
                 &mut c,
+                &self.keys,
                 consumer,
                 min_idle_ms,
                 cursor,
@@ -316,7 +324,7 @@ impl Store for RedisStore {
         async move {
             let mut c = self.conn.clone();
             let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-            let m = bounded(redis_ops::delivery_counts(&mut c, &refs)).await?;
+            let m = bounded(redis_ops::delivery_counts(&mut c, &self.keys, &refs)).await?;
             Ok(m.into_iter().collect())
         }
         .boxed()
@@ -325,7 +333,7 @@ impl Store for RedisStore {
     fn heartbeat<'a>(&'a self, consumer: &'a str, ids: &'a [String]) -> StoreFuture<'a, ()> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::heartbeat(&mut c, consumer, ids)).await
+            bounded(redis_ops::heartbeat(&mut c, &self.keys, consumer, ids)).await
         }
         .boxed()
     }
@@ -333,7 +341,7 @@ impl Store for RedisStore {
     fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::is_done(&mut c, update_id)).await
+            bounded(redis_ops::is_done(&mut c, &self.keys, update_id)).await
         }
         .boxed()
     }
@@ -345,7 +353,7 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, (bool, Option<String>)> {
         async move {
             let mut c = self.conn.clone();
-            bounded(self.scripts.finish(&mut c, entry, done)).await
+            bounded(self.scripts.finish(&mut c, &self.keys, entry, done)).await
         }
         .boxed()
     }
@@ -357,7 +365,7 @@ impl Store for RedisStore {
     ) -> StoreFuture<'a, Option<String>> {
         async move {
             let mut c = self.conn.clone();
-            bounded(self.scripts.reply_sent(&mut c, entry_id, key)).await
+            bounded(self.scripts.reply_sent(&mut c, &self.keys, entry_id, key)).await
         }
         .boxed()
     }
@@ -365,7 +373,7 @@ impl Store for RedisStore {
     fn renew_replies<'a>(&'a self, ids: &'a [String], until_ms: i64) -> StoreFuture<'a, ()> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::renew_replies(&mut c, ids, until_ms)).await
+            bounded(redis_ops::renew_replies(&mut c, &self.keys, ids, until_ms)).await
         }
         .boxed()
     }
@@ -373,7 +381,11 @@ impl Store for RedisStore {
     fn orphan_replies(&self, until_ms: i64, count: usize) -> StoreFuture<'_, Vec<OrphanReply>> {
         async move {
             let mut c = self.conn.clone();
-            bounded(self.scripts.orphan_replies(&mut c, until_ms, count)).await
+            bounded(
+                self.scripts
+                    .orphan_replies(&mut c, &self.keys, until_ms, count),
+            )
+            .await
         }
         .boxed()
     }
@@ -381,7 +393,7 @@ impl Store for RedisStore {
     fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::kv_get(&mut c, hash, field)).await
+            bounded(redis_ops::kv_get(&mut c, &self.keys, hash, field)).await
         }
         .boxed()
     }
@@ -389,7 +401,7 @@ impl Store for RedisStore {
     fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::count_failure(&mut c, entry_id)).await
+            bounded(redis_ops::count_failure(&mut c, &self.keys, entry_id)).await
         }
         .boxed()
     }
@@ -399,6 +411,7 @@ impl Store for RedisStore {
             let mut c = self.conn.clone();
             bounded(self.scripts.dead_letter(
                 &mut c,
+                &self.keys,
                 d.id,
                 d.update_id,
                 d.key,
@@ -416,8 +429,8 @@ impl Store for RedisStore {
         async move {
             let mut c = self.conn.clone();
             bounded(async {
-                let mut list = redis_ops::consumers(&mut c).await?;
-                redis_ops::fill_alive(&mut c, &mut list).await?;
+                let mut list = redis_ops::consumers(&mut c, &self.keys).await?;
+                redis_ops::fill_alive(&mut c, &self.keys, &mut list).await?;
                 Ok(list)
             })
             .await
@@ -428,7 +441,7 @@ impl Store for RedisStore {
     fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::leave_group(&mut c, consumer)).await
+            bounded(redis_ops::leave_group(&mut c, &self.keys, consumer)).await
         }
         .boxed()
     }
@@ -436,7 +449,7 @@ impl Store for RedisStore {
     fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::mark_alive(&mut c, consumer, ttl)).await
+            bounded(redis_ops::mark_alive(&mut c, &self.keys, consumer, ttl)).await
         }
         .boxed()
     }
@@ -446,7 +459,7 @@ impl Store for RedisStore {
             let mut c = self.conn.clone();
             // DELCONSUMER answers the number of entries the consumer still
             // had pending (0 for the names we remove), not a success flag.
-            bounded(redis_ops::delete_consumer(&mut c, name)).await?;
+            bounded(redis_ops::delete_consumer(&mut c, &self.keys, name)).await?;
             Ok(true)
         }
         .boxed()
@@ -455,7 +468,7 @@ impl Store for RedisStore {
     fn heads<'a>(&'a self, chats: &'a [(String, i64)]) -> StoreFuture<'a, Vec<Head>> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::heads(&mut c, chats)).await
+            bounded(redis_ops::heads(&mut c, &self.keys, chats)).await
         }
         .boxed()
     }
@@ -463,7 +476,7 @@ impl Store for RedisStore {
     fn heal_head<'a>(&'a self, key: &'a str, head: &'a str) -> StoreFuture<'a, bool> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::heal_head(&mut c, key, head)).await
+            bounded(redis_ops::heal_head(&mut c, &self.keys, key, head)).await
         }
         .boxed()
     }
@@ -471,7 +484,7 @@ impl Store for RedisStore {
     fn user(&self, user_id: i64) -> StoreFuture<'_, Option<UserRecord>> {
         async move {
             let mut c = self.conn.clone();
-            bounded(stats::user(&mut c, user_id)).await
+            bounded(stats::user(&mut c, &self.keys, user_id)).await
         }
         .boxed()
     }
@@ -479,15 +492,15 @@ impl Store for RedisStore {
     fn bot_stats(&self, now_ms: i64) -> StoreFuture<'_, BotStats> {
         async move {
             let mut c = self.conn.clone();
-            bounded(stats::bot(&mut c, now_ms)).await
+            bounded(stats::bot(&mut c, &self.keys, now_ms)).await
         }
         .boxed()
     }
 
     fn admit(&self, b: Budget) -> StoreFuture<'_, u64> {
         let mut inv = self.gcra.prepare_invoke();
-        inv.key(keys::RATE_GLOBAL)
-            .key(keys::rate_chat(b.chat_id))
+        inv.key(self.keys.rate_global())
+            .key(self.keys.rate_chat(b.chat_id))
             .arg(b.interval_us)
             .arg(b.tolerance_us)
             .arg(b.chat_interval_us)

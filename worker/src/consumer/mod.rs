@@ -16,7 +16,7 @@
 //! # Per-chat order across workers
 //!
 //! The ingress appends each keyed entry's id to its conversation's list
-//! (`tgbot:order:<key>`, see `shared::keys::order`) in the same script as
+//! (`<prefix>order:<key>`, see `shared::keys::Keys::order`) in the same script as
 //! the XADD, and the script that ends an entry (handled, duplicate or dead)
 //! removes it from that list. So the head of the list is always the oldest
 //! entry of that chat not yet ended, and only the head may run. An entry
