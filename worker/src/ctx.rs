@@ -10,7 +10,7 @@ use teloxide_core::types::Update;
 use shared::botapi::BotApi;
 use shared::envelope::now_ms;
 use shared::stats::{BotStats, UserRecord};
-use shared::store::{Store, Write};
+use shared::store::{Directory, Write};
 
 use crate::commands::{self, CommandInfo};
 use crate::reply::HandlerError;
@@ -19,7 +19,8 @@ use crate::reply::HandlerError;
 pub(crate) struct Engine {
     pub username: String,
     pub api: BotApi,
-    pub store: Arc<dyn Store>,
+    /// Handlers read the directory and their own hashes, nothing else.
+    pub store: Arc<dyn Directory>,
     pub commands: Vec<CommandInfo>,
 }
 

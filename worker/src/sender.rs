@@ -14,7 +14,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use shared::botapi::{BotApi, BotApiError, SEND_TIMEOUT};
-use shared::store::{Budget, Store, StoreError};
+use shared::store::{Budget, SendBudget, StoreError};
 
 use crate::metrics::Metrics;
 
@@ -50,13 +50,14 @@ pub enum SendError {
 
 pub struct Sender {
     pub api: BotApi,
-    pub store: Arc<dyn Store>,
+    /// Only the budget: a sender books sends, it never touches the queue.
+    pub store: Arc<dyn SendBudget>,
     /// Messages per second for the whole bot; 0 = unlimited.
     pub rate: u32,
 }
 
 impl Sender {
-    pub fn new(api: BotApi, store: Arc<dyn Store>, rate: u32) -> Self {
+    pub fn new(api: BotApi, store: Arc<dyn SendBudget>, rate: u32) -> Self {
         Self { api, store, rate }
     }
 

@@ -14,8 +14,9 @@ use shared::botapi::BotApi;
 use shared::envelope::{probe, Enqueued, Entry, Probe};
 use shared::stats::{BotStats, UserRecord};
 use shared::store::{
-    Budget, Claimed, Completion, ConsumerInfo, DeadLetterRequest, Depth, Head, MemoryStore,
-    OrphanReply, Read, Store, StoreError, StoreFuture,
+    Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination, DeadLetterRequest,
+    Delivery, Depth, Directory, Head, Intake, MemoryStore, OrphanReply, Read, SendBudget, Store,
+    StoreError, StoreFuture,
 };
 use worker::consumer::{Consumer, Settings};
 use worker::dispatch::{Handled, Handler};
@@ -38,16 +39,9 @@ impl Store for FlakyLookups {
     fn keys(&self) -> &shared::keys::Keys {
         self.inner.keys()
     }
-    fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
-        if self.lookups.fetch_add(1, Ordering::SeqCst) < self.failing {
-            return Box::pin(async { Err(StoreError::Timeout) });
-        }
-        self.inner.is_done(update_id)
-    }
-    fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64> {
-        self.failures_counted.fetch_add(1, Ordering::SeqCst);
-        self.inner.count_failure(entry_id)
-    }
+}
+
+impl Intake for FlakyLookups {
     fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
         self.inner.enqueue(probe, raw)
     }
@@ -57,6 +51,9 @@ impl Store for FlakyLookups {
     fn depth(&self) -> StoreFuture<'_, Depth> {
         self.inner.depth()
     }
+}
+
+impl Coordination for FlakyLookups {
     fn get(&self, key: &str) -> StoreFuture<'_, Option<String>> {
         self.inner.get(key)
     }
@@ -72,6 +69,9 @@ impl Store for FlakyLookups {
     fn release(&self, key: &str, holder: &str) -> StoreFuture<'_, ()> {
         self.inner.release(key, holder)
     }
+}
+
+impl ConsumerGroup for FlakyLookups {
     fn join_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, ()> {
         self.inner.join_group(consumer)
     }
@@ -98,6 +98,31 @@ impl Store for FlakyLookups {
     fn heartbeat<'a>(&'a self, consumer: &'a str, ids: &'a [String]) -> StoreFuture<'a, ()> {
         self.inner.heartbeat(consumer, ids)
     }
+    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>> {
+        self.inner.consumers()
+    }
+    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.leave_group(consumer)
+    }
+    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
+        self.inner.mark_alive(consumer, ttl)
+    }
+    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.delete_consumer(name)
+    }
+}
+
+impl Delivery for FlakyLookups {
+    fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
+        if self.lookups.fetch_add(1, Ordering::SeqCst) < self.failing {
+            return Box::pin(async { Err(StoreError::Timeout) });
+        }
+        self.inner.is_done(update_id)
+    }
+    fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64> {
+        self.failures_counted.fetch_add(1, Ordering::SeqCst);
+        self.inner.count_failure(entry_id)
+    }
     fn finish<'a>(
         &'a self,
         entry: &'a Entry,
@@ -118,23 +143,8 @@ impl Store for FlakyLookups {
     fn orphan_replies(&self, until_ms: i64, count: usize) -> StoreFuture<'_, Vec<OrphanReply>> {
         self.inner.orphan_replies(until_ms, count)
     }
-    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>> {
-        self.inner.kv_get(hash, field)
-    }
     fn dead_letter<'a>(&'a self, dead: DeadLetterRequest<'a>) -> StoreFuture<'a, ()> {
         self.inner.dead_letter(dead)
-    }
-    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>> {
-        self.inner.consumers()
-    }
-    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool> {
-        self.inner.leave_group(consumer)
-    }
-    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
-        self.inner.mark_alive(consumer, ttl)
-    }
-    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
-        self.inner.delete_consumer(name)
     }
     fn heads<'a>(&'a self, chats: &'a [(String, i64)]) -> StoreFuture<'a, Vec<Head>> {
         self.inner.heads(chats)
@@ -142,12 +152,21 @@ impl Store for FlakyLookups {
     fn heal_head<'a>(&'a self, key: &'a str, head: &'a str) -> StoreFuture<'a, bool> {
         self.inner.heal_head(key, head)
     }
+}
+
+impl Directory for FlakyLookups {
+    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>> {
+        self.inner.kv_get(hash, field)
+    }
     fn user(&self, user_id: i64) -> StoreFuture<'_, Option<UserRecord>> {
         self.inner.user(user_id)
     }
     fn bot_stats(&self, now_ms: i64) -> StoreFuture<'_, BotStats> {
         self.inner.bot_stats(now_ms)
     }
+}
+
+impl SendBudget for FlakyLookups {
     fn admit(&self, budget: Budget) -> StoreFuture<'_, u64> {
         self.inner.admit(budget)
     }

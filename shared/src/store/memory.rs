@@ -18,8 +18,9 @@ use futures::FutureExt;
 use tokio::sync::Notify;
 
 use super::{
-    id_order, Budget, Claimed, Completion, ConsumerInfo, DeadLetterRequest, Depth, Head,
-    OrphanReply, Read, Store, StoreFuture, Write,
+    id_order, Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination,
+    DeadLetterRequest, Delivery, Depth, Directory, Head, Intake, OrphanReply, Read, SendBudget,
+    Store, StoreFuture, Write,
 };
 use crate::envelope::{now_ms, Enqueued, Entry, Probe};
 use crate::keys::{self, Keys};
@@ -207,7 +208,9 @@ impl Store for MemoryStore {
     fn kind(&self) -> &'static str {
         "embedded"
     }
+}
 
+impl Intake for MemoryStore {
     fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
         let out = self.with(|s| {
             let now = Instant::now();
@@ -253,7 +256,9 @@ impl Store for MemoryStore {
             pending: s.pending.len() as u64,
         }))
     }
+}
 
+impl Coordination for MemoryStore {
     fn get(&self, key: &str) -> StoreFuture<'_, Option<String>> {
         ready(self.with(|s| s.kv_get(key).map(str::to_owned)))
     }
@@ -293,7 +298,9 @@ impl Store for MemoryStore {
         });
         ready(())
     }
+}
 
+impl ConsumerGroup for MemoryStore {
     fn join_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, ()> {
         self.with(|s| {
             s.consumers
@@ -424,6 +431,45 @@ impl Store for MemoryStore {
         ready(())
     }
 
+    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>> {
+        ready(self.with(|s| {
+            s.consumers
+                .iter()
+                .map(|(name, seen)| ConsumerInfo {
+                    name: name.clone(),
+                    pending: s.pending.values().filter(|p| &p.consumer == name).count() as u64,
+                    idle_ms: seen.elapsed().as_millis() as u64,
+                    alive: s.kv_get(&self.keys.alive(name)).is_some(),
+                })
+                .collect()
+        }))
+    }
+
+    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool> {
+        ready(self.with(|s| {
+            if s.pending.values().any(|p| p.consumer == consumer) {
+                return false;
+            }
+            s.consumers.remove(consumer);
+            s.kv.remove(&self.keys.alive(consumer));
+            true
+        }))
+    }
+
+    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
+        let exp = Instant::now() + ttl;
+        self.with(|s| {
+            s.kv.insert(self.keys.alive(consumer), ("1".to_owned(), Some(exp)));
+        });
+        ready(())
+    }
+
+    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
+        ready(self.with(|s| s.consumers.remove(name).is_some()))
+    }
+}
+
+impl Delivery for MemoryStore {
     fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
         ready(self.with(|s| s.done.get(&update_id).is_some_and(|e| *e > Instant::now())))
     }
@@ -540,10 +586,6 @@ impl Store for MemoryStore {
         }))
     }
 
-    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>> {
-        ready(self.with(|s| s.hashes.get(hash).and_then(|h| h.get(field)).cloned()))
-    }
-
     fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64> {
         ready(self.with(|s| {
             let n = s.failures.entry(entry_id.to_owned()).or_default();
@@ -567,43 +609,6 @@ impl Store for MemoryStore {
             *s.counters.entry("updates_dead_lettered").or_default() += 1;
         });
         ready(())
-    }
-
-    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>> {
-        ready(self.with(|s| {
-            s.consumers
-                .iter()
-                .map(|(name, seen)| ConsumerInfo {
-                    name: name.clone(),
-                    pending: s.pending.values().filter(|p| &p.consumer == name).count() as u64,
-                    idle_ms: seen.elapsed().as_millis() as u64,
-                    alive: s.kv_get(&self.keys.alive(name)).is_some(),
-                })
-                .collect()
-        }))
-    }
-
-    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool> {
-        ready(self.with(|s| {
-            if s.pending.values().any(|p| p.consumer == consumer) {
-                return false;
-            }
-            s.consumers.remove(consumer);
-            s.kv.remove(&self.keys.alive(consumer));
-            true
-        }))
-    }
-
-    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
-        let exp = Instant::now() + ttl;
-        self.with(|s| {
-            s.kv.insert(self.keys.alive(consumer), ("1".to_owned(), Some(exp)));
-        });
-        ready(())
-    }
-
-    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
-        ready(self.with(|s| s.consumers.remove(name).is_some()))
     }
 
     fn heads<'a>(&'a self, chats: &'a [(String, i64)]) -> StoreFuture<'a, Vec<Head>> {
@@ -633,6 +638,12 @@ impl Store for MemoryStore {
             true
         }))
     }
+}
+
+impl Directory for MemoryStore {
+    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>> {
+        ready(self.with(|s| s.hashes.get(hash).and_then(|h| h.get(field)).cloned()))
+    }
 
     fn user(&self, user_id: i64) -> StoreFuture<'_, Option<UserRecord>> {
         ready(self.with(|s| s.users.get(&user_id).cloned()))
@@ -648,7 +659,9 @@ impl Store for MemoryStore {
             queue_depth: s.stream.len() as u64,
         }))
     }
+}
 
+impl SendBudget for MemoryStore {
     fn admit(&self, b: Budget) -> StoreFuture<'_, u64> {
         ready(self.with(|s| {
             let now = now_ms() * 1000;

@@ -178,7 +178,12 @@ pub struct Budget {
     pub chat_tolerance_us: u64,
 }
 
-pub trait Store: Send + Sync + 'static {
+/// The whole queue as the services use it: each capability below, plus
+/// what names it. Code that needs one capability takes that trait (an
+/// `Arc<dyn Store>` upcasts to any of them).
+pub trait Store:
+    Intake + Coordination + ConsumerGroup + Delivery + Directory + SendBudget + Send + Sync + 'static
+{
     /// Which implementation, for logs.
     fn kind(&self) -> &'static str;
 
@@ -186,8 +191,10 @@ pub trait Store: Send + Sync + 'static {
     /// callers pass to [`Store::get`], [`Store::lease`] ... come from here,
     /// so they carry the same prefix as everything the store names itself.
     fn keys(&self) -> &crate::keys::Keys;
+}
 
-    // --- the way in ---
+/// The way in: storing updates, and what the ingress's probes ask.
+pub trait Intake: Send + Sync {
     /// Stores an update (and marks its id seen, and appends it to its
     /// chat's order) atomically; a seen id is a [`Enqueued::Duplicate`].
     fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued>;
@@ -199,8 +206,10 @@ pub trait Store: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
     fn depth(&self) -> StoreFuture<'_, Depth>;
+}
 
-    // --- coordination between replicas ---
+/// Agreement between replicas: values, locks and leases.
+pub trait Coordination: Send + Sync {
     fn get(&self, key: &str) -> StoreFuture<'_, Option<String>>;
     fn set(&self, key: &str, value: &str) -> StoreFuture<'_, ()>;
     /// SET NX with a time to live; true when taken.
@@ -209,8 +218,10 @@ pub trait Store: Send + Sync + 'static {
     fn lease(&self, key: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'_, bool>;
     /// Gives the lease or lock up, only if `holder` has it.
     fn release(&self, key: &str, holder: &str) -> StoreFuture<'_, ()>;
+}
 
-    // --- the way out ---
+/// Membership and reading: the consumer group, reclaiming, liveness.
+pub trait ConsumerGroup: Send + Sync {
     /// Creates the consumer group if missing and adds `consumer` to it.
     fn join_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, ()>;
     /// New entries for `consumer`, waiting up to `block_ms` for some.
@@ -232,6 +243,19 @@ pub trait Store: Send + Sync + 'static {
     fn delivery_counts<'a>(&'a self, ids: &'a [String]) -> StoreFuture<'a, Vec<(String, u64)>>;
     /// Resets the idle time of entries `consumer` is still working on.
     fn heartbeat<'a>(&'a self, consumer: &'a str, ids: &'a [String]) -> StoreFuture<'a, ()>;
+    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>>;
+    /// Takes `consumer` out of the group when its worker stops, unless it
+    /// still owns pending entries (then the others reclaim them and remove
+    /// the name later). True when it left.
+    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool>;
+    /// Says `consumer`'s worker is running, for `ttl` from now.
+    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()>;
+    /// Removes a consumer name; true once it is gone.
+    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool>;
+}
+
+/// How an entry ends: dedupe, completion, kept replies, failures, dead letters, per-chat heads.
+pub trait Delivery: Send + Sync {
     fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool>;
     /// Marks the update handled (once), counts it, records the user,
     /// applies the handler's writes, removes the entry and - unless a reply
@@ -252,21 +276,10 @@ pub trait Store: Send + Sync + 'static {
     /// Replies whose lease ran out (their worker died), each now leased to
     /// the caller until `until_ms`.
     fn orphan_replies(&self, until_ms: i64, count: usize) -> StoreFuture<'_, Vec<OrphanReply>>;
-    /// A field of a bot's own hash, as its exactly-once writes left it.
-    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>>;
     /// Counts a failed delivery; returns the failures so far.
     fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64>;
     /// Moves the entry to the dead letters with the reason, atomically.
     fn dead_letter<'a>(&'a self, dead: DeadLetterRequest<'a>) -> StoreFuture<'a, ()>;
-    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>>;
-    /// Takes `consumer` out of the group when its worker stops, unless it
-    /// still owns pending entries (then the others reclaim them and remove
-    /// the name later). True when it left.
-    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool>;
-    /// Says `consumer`'s worker is running, for `ttl` from now.
-    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()>;
-    /// Removes a consumer name; true once it is gone.
-    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool>;
     /// For each `(chat, update_id)`: the first entry id of the chat's order
     /// list, and whether `update_id` (the oldest update parked for that
     /// chat, i.e. the likely head) is already handled. One round trip for
@@ -276,10 +289,19 @@ pub trait Store: Send + Sync + 'static {
     fn heads<'a>(&'a self, chats: &'a [(String, i64)]) -> StoreFuture<'a, Vec<Head>>;
     /// Drops a chat's head if it is still the head and its entry is gone.
     fn heal_head<'a>(&'a self, key: &'a str, head: &'a str) -> StoreFuture<'a, bool>;
+}
 
-    // --- state the commands read ---
+/// What handlers read: the user directory, the numbers, the bots' own hashes.
+pub trait Directory: Send + Sync {
+    /// A field of a bot's own hash, as its exactly-once writes left it.
+    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>>;
+
     fn user(&self, user_id: i64) -> StoreFuture<'_, Option<UserRecord>>;
     fn bot_stats(&self, now_ms: i64) -> StoreFuture<'_, BotStats>;
+}
+
+/// The bot-wide send budget shared by every worker.
+pub trait SendBudget: Send + Sync {
     /// 0 when a message may go now (and books it), else microseconds to wait.
     fn admit(&self, budget: Budget) -> StoreFuture<'_, u64>;
 }

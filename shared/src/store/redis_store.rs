@@ -7,8 +7,9 @@ use redis::aio::ConnectionManager;
 
 use super::redis_ops::{self, Scripts};
 use super::{
-    Budget, Claimed, Completion, ConsumerInfo, DeadLetterRequest, Depth, Head, OrphanReply, Read,
-    Store, StoreError, StoreFuture, StoreResult,
+    Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination, DeadLetterRequest,
+    Delivery, Depth, Directory, Head, Intake, OrphanReply, Read, SendBudget, Store, StoreError,
+    StoreFuture, StoreResult,
 };
 use crate::envelope::{Enqueued, Enqueuer, Entry, Probe};
 use crate::keys::Keys;
@@ -157,7 +158,9 @@ impl Store for RedisStore {
     fn keys(&self) -> &Keys {
         &self.keys
     }
+}
 
+impl Intake for RedisStore {
     fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
         async move {
             let mut c = self.conn.clone();
@@ -205,7 +208,9 @@ impl Store for RedisStore {
         }
         .boxed()
     }
+}
 
+impl Coordination for RedisStore {
     fn get(&self, key: &str) -> StoreFuture<'_, Option<String>> {
         let cmd = redis::cmd("GET").arg(key).clone();
         async move {
@@ -261,7 +266,9 @@ impl Store for RedisStore {
         }
         .boxed()
     }
+}
 
+impl ConsumerGroup for RedisStore {
     fn join_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, ()> {
         async move {
             let mut c = self.conn.clone();
@@ -338,6 +345,48 @@ impl Store for RedisStore {
         .boxed()
     }
 
+    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(async {
+                let mut list = redis_ops::consumers(&mut c, &self.keys).await?;
+                redis_ops::fill_alive(&mut c, &self.keys, &mut list).await?;
+                Ok(list)
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::leave_group(&mut c, &self.keys, consumer)).await
+        }
+        .boxed()
+    }
+
+    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::mark_alive(&mut c, &self.keys, consumer, ttl)).await
+        }
+        .boxed()
+    }
+
+    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
+        async move {
+            let mut c = self.conn.clone();
+            // DELCONSUMER answers the number of entries the consumer still
+            // had pending (0 for the names we remove), not a success flag.
+            bounded(redis_ops::delete_consumer(&mut c, &self.keys, name)).await?;
+            Ok(true)
+        }
+        .boxed()
+    }
+}
+
+impl Delivery for RedisStore {
     fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
         async move {
             let mut c = self.conn.clone();
@@ -390,14 +439,6 @@ impl Store for RedisStore {
         .boxed()
     }
 
-    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>> {
-        async move {
-            let mut c = self.conn.clone();
-            bounded(redis_ops::kv_get(&mut c, &self.keys, hash, field)).await
-        }
-        .boxed()
-    }
-
     fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64> {
         async move {
             let mut c = self.conn.clone();
@@ -425,46 +466,6 @@ impl Store for RedisStore {
         .boxed()
     }
 
-    fn consumers(&self) -> StoreFuture<'_, Vec<ConsumerInfo>> {
-        async move {
-            let mut c = self.conn.clone();
-            bounded(async {
-                let mut list = redis_ops::consumers(&mut c, &self.keys).await?;
-                redis_ops::fill_alive(&mut c, &self.keys, &mut list).await?;
-                Ok(list)
-            })
-            .await
-        }
-        .boxed()
-    }
-
-    fn leave_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, bool> {
-        async move {
-            let mut c = self.conn.clone();
-            bounded(redis_ops::leave_group(&mut c, &self.keys, consumer)).await
-        }
-        .boxed()
-    }
-
-    fn mark_alive<'a>(&'a self, consumer: &'a str, ttl: Duration) -> StoreFuture<'a, ()> {
-        async move {
-            let mut c = self.conn.clone();
-            bounded(redis_ops::mark_alive(&mut c, &self.keys, consumer, ttl)).await
-        }
-        .boxed()
-    }
-
-    fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
-        async move {
-            let mut c = self.conn.clone();
-            // DELCONSUMER answers the number of entries the consumer still
-            // had pending (0 for the names we remove), not a success flag.
-            bounded(redis_ops::delete_consumer(&mut c, &self.keys, name)).await?;
-            Ok(true)
-        }
-        .boxed()
-    }
-
     fn heads<'a>(&'a self, chats: &'a [(String, i64)]) -> StoreFuture<'a, Vec<Head>> {
         async move {
             let mut c = self.conn.clone();
@@ -477,6 +478,16 @@ impl Store for RedisStore {
         async move {
             let mut c = self.conn.clone();
             bounded(redis_ops::heal_head(&mut c, &self.keys, key, head)).await
+        }
+        .boxed()
+    }
+}
+
+impl Directory for RedisStore {
+    fn kv_get<'a>(&'a self, hash: &'a str, field: &'a str) -> StoreFuture<'a, Option<String>> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::kv_get(&mut c, &self.keys, hash, field)).await
         }
         .boxed()
     }
@@ -496,7 +507,9 @@ impl Store for RedisStore {
         }
         .boxed()
     }
+}
 
+impl SendBudget for RedisStore {
     fn admit(&self, b: Budget) -> StoreFuture<'_, u64> {
         let mut inv = self.gcra.prepare_invoke();
         inv.key(self.keys.rate_global())
