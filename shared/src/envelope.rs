@@ -12,6 +12,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::keys::{self, Keys};
+use crate::store::scripts::scripts;
 
 pub const F_UPDATE_ID: &str = "update_id";
 pub const F_RECEIVED_AT: &str = "received_at";
@@ -192,59 +193,32 @@ pub enum Enqueued {
 }
 
 /// Stores the update, marks its id as seen and appends it to its
-/// conversation's order list, in one atomic step: a resend is recognised
-/// without ever producing a second entry, and no crash can leave the three
-/// out of step.
-const ENQUEUE_LUA: &str = r#"
-if redis.call('SETBIT', KEYS[2], ARGV[6], 1) == 0 then
-  redis.call('EXPIRE', KEYS[2], ARGV[1])
-  local id = redis.call('XADD', KEYS[1], '*', 'update_id', ARGV[2], 'received_at', ARGV[3], 'key', ARGV[4], 'update', ARGV[5])
-  if ARGV[4] ~= '' then redis.call('RPUSH', KEYS[3], id) end
-  return id
-end
-return false
-"#;
-
-pub struct Enqueuer {
-    script: redis::Script,
-}
-
-impl Default for Enqueuer {
-    fn default() -> Self {
-        Self {
-            script: redis::Script::new(ENQUEUE_LUA),
-        }
-    }
-}
-
-impl Enqueuer {
-    /// Returns only once Redis has confirmed the write.
-    pub async fn enqueue(
-        &self,
-        conn: &mut ConnectionManager,
-        keys: &Keys,
-        probe: &Probe,
-        raw: &[u8],
-    ) -> redis::RedisResult<Enqueued> {
-        let seen = keys.seen(probe.update_id);
-        let id: Option<String> = self
-            .script
-            .key(keys.stream())
-            .key(&seen.key)
-            .key(keys.order(&probe.key))
-            .arg(keys::SEEN_TTL_SECS)
-            .arg(probe.update_id)
-            .arg(now_ms())
-            .arg(&probe.key)
-            .arg(raw)
-            .arg(seen.bit)
-            .invoke_async(conn)
-            .await?;
-        Ok(match id {
-            Some(id) => Enqueued::Stored(id),
-            None => Enqueued::Duplicate,
-        })
-    }
+/// conversation's order list, in one atomic step (`lua/enqueue.lua`).
+/// Returns only once Redis has confirmed the write.
+pub async fn enqueue(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    probe: &Probe,
+    raw: &[u8],
+) -> redis::RedisResult<Enqueued> {
+    let seen = keys.seen(probe.update_id);
+    let id: Option<String> = scripts()
+        .enqueue
+        .key(keys.stream())
+        .key(&seen.key)
+        .key(keys.order(&probe.key))
+        .arg(keys::SEEN_TTL_SECS)
+        .arg(probe.update_id)
+        .arg(now_ms())
+        .arg(&probe.key)
+        .arg(raw)
+        .arg(seen.bit)
+        .invoke_async(conn)
+        .await?;
+    Ok(match id {
+        Some(id) => Enqueued::Stored(id),
+        None => Enqueued::Duplicate,
+    })
 }
 
 /// A stream entry as the worker sees it.

@@ -11,6 +11,7 @@ use shared::envelope::now_ms;
 use shared::keys::{self, Keys};
 
 use shared::store::redis_ops::{self as stream, value_i64, value_string, value_u64};
+use shared::store::scripts::scripts;
 
 #[derive(Debug, Serialize)]
 pub struct ConsumerStats {
@@ -213,30 +214,6 @@ pub fn render_dead(list: &[DeadLetter]) -> String {
     out
 }
 
-/// Puts every dead letter back on the stream as a new entry (at the end of
-/// its conversation's order) and removes it from the dead letters, one at a
-/// time and atomically, so an interrupted replay loses or doubles nothing.
-/// A dead reply (its update was handled, only the answer failed) goes back
-/// as a kept reply, due at once: any worker sends it.
-const REPLAY_LUA: &str = r#"
-local e = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
-if #e == 0 then return 0 end
-local f = e[1][2]
-local m = {}
-for i = 1, #f, 2 do m[f[i]] = f[i + 1] end
-if (m['reply'] or '') ~= '' then
-  redis.call('HSET', KEYS[4], m['id'], m['reply'])
-  redis.call('ZADD', KEYS[5], 0, m['id'])
-  redis.call('XDEL', KEYS[2], ARGV[1])
-  return 1
-end
-if m['update'] == nil or m['update'] == '' then return -1 end
-local id = redis.call('XADD', KEYS[1], '*', 'update_id', m['update_id'] or '', 'received_at', ARGV[2], 'key', m['key'] or '', 'update', m['update'])
-if (m['key'] or '') ~= '' then redis.call('RPUSH', KEYS[3], id) end
-redis.call('XDEL', KEYS[2], ARGV[1])
-return 1
-"#;
-
 #[derive(Debug, Serialize, Default)]
 pub struct ReplayReport {
     pub replayed: u64,
@@ -244,6 +221,9 @@ pub struct ReplayReport {
     pub kept: u64,
 }
 
+/// Puts every dead letter back on the stream, one at a time and
+/// atomically (`shared/src/store/lua/replay_dead.lua`), so an interrupted
+/// replay loses or doubles nothing.
 pub async fn replay_dead(
     conn: &mut ConnectionManager,
     keys: &Keys,
@@ -254,11 +234,10 @@ pub async fn replay_dead(
         .arg("+")
         .query_async(conn)
         .await?;
-    let script = redis::Script::new(REPLAY_LUA);
     let mut report = ReplayReport::default();
     for (dead_id, fields) in entries(&v) {
         let key = fields.get("key").and_then(value_string).unwrap_or_default();
-        let mut inv = script.prepare_invoke();
+        let mut inv = scripts().replay_dead.prepare_invoke();
         inv.key(keys.stream())
             .key(keys.dead())
             .key(keys.order(&key))

@@ -16,6 +16,7 @@
 mod memory;
 pub mod redis_ops;
 mod redis_store;
+pub mod scripts;
 
 use std::time::Duration;
 

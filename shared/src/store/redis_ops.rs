@@ -14,6 +14,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Value;
 
+use super::scripts::scripts;
 use super::{ConsumerInfo, Head};
 use crate::envelope::{now_ms, Entry};
 use crate::keys::{self, Keys};
@@ -277,261 +278,139 @@ pub async fn heartbeat(
     Ok(())
 }
 
-/// Marks the update handled (once), counts it, records the user, removes
-/// the entry and takes it off its conversation's order list - atomically.
-/// Returns whether the update was fresh (a duplicate is counted nowhere)
-/// and the conversation's next entry id, if any.
-///
-/// The entry is removed FIRST. Under `maxmemory` with `noeviction`, Redis
-/// refuses a script (one without flags, as all of ours are) only at its
-/// first write and only if that write can grow memory (SETBIT, HINCRBY,
-/// XADD...); once a script has written, it runs to the end, since it
-/// cannot be rolled back. XACK/XDEL/HDEL/LREM never need memory, so
-/// opening with them makes the finish work on a full Redis - and the
-/// finish is what frees the memory. The done bit, counters and user record
-/// still go in the same atomic step: nothing is best-effort. They can
-/// take Redis a few hundred bytes over its limit, each time after freeing
-/// a whole entry.
-const FINISH_LUA: &str = r#"
-redis.call('XACK', KEYS[6], ARGV[9], ARGV[10])
-redis.call('XDEL', KEYS[6], ARGV[10])
-redis.call('HDEL', KEYS[7], ARGV[10])
-local fresh = redis.call('SETBIT', KEYS[1], ARGV[12], 1) == 0
-if fresh then
-  redis.call('EXPIRE', KEYS[1], ARGV[1])
-  redis.call('HINCRBY', KEYS[5], 'updates_handled', 1)
-  if ARGV[3] ~= '' then
-    redis.call('HSETNX', KEYS[2], 'first_seen', ARGV[2])
-    redis.call('HSET', KEYS[2], 'last_seen', ARGV[2], 'first_name', ARGV[4], 'username', ARGV[5], 'language_code', ARGV[6])
-    if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[2], 'messages', 1) end
-    if ARGV[8] ~= '' then redis.call('HSET', KEYS[2], 'start_payload', ARGV[8]) end
-    redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
-    redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
-  end
-  local n = tonumber(ARGV[15])
-  for i = 1, n do
-    local op, field, value = ARGV[13 + 3 * i], ARGV[14 + 3 * i], ARGV[15 + 3 * i]
-    local key = KEYS[10 + i]
-    if op == 'incr' then redis.call('HINCRBY', key, field, value)
-    elseif op == 'set' then redis.call('HSET', key, field, value)
-    else redis.call('HSETNX', key, field, value) end
-  end
-  if ARGV[13] ~= '' then
-    redis.call('HSET', KEYS[9], ARGV[10], ARGV[13])
-    redis.call('ZADD', KEYS[10], ARGV[14], ARGV[10])
-    return {1, ''}
-  end
-else
-  redis.call('HINCRBY', KEYS[5], 'updates_deduplicated', 1)
-end
-local head = ''
-if ARGV[11] ~= '' then
-  redis.call('LREM', KEYS[8], 1, ARGV[10])
-  head = redis.call('LINDEX', KEYS[8], 0) or ''
-end
-if fresh then return {1, head} end
-return {0, head}
-"#;
-
-/// Moves an entry to the dead letters with the reason, and removes it
-/// from the stream, atomically: it is never in both or in neither.
-/// Removal first, as in [`FINISH_LUA`]: on a full Redis the dead letter is
-/// then written with the memory its entry just gave back.
-const DEAD_LUA: &str = r#"
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-redis.call('HDEL', KEYS[3], ARGV[2])
-if ARGV[4] ~= '' then redis.call('LREM', KEYS[5], 1, ARGV[2]) end
-redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'update_id', ARGV[3], 'key', ARGV[4], 'update', ARGV[5], 'error', ARGV[6], 'deliveries', ARGV[7], 'failed_at', ARGV[8], 'reply', ARGV[9])
-redis.call('HINCRBY', KEYS[4], 'updates_dead_lettered', 1)
-redis.call('HDEL', KEYS[6], ARGV[2])
-redis.call('ZREM', KEYS[7], ARGV[2])
-return 1
-"#;
-
-/// A kept reply went out: forget it, let its chat go on. Only deletions,
-/// so it runs on a full Redis too.
-const REPLY_SENT_LUA: &str = r#"
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
-local head = ''
-if ARGV[2] ~= '' then
-  redis.call('LREM', KEYS[4], 1, ARGV[1])
-  head = redis.call('LINDEX', KEYS[4], 0) or ''
-end
-return head
-"#;
-
-/// Replies whose lease ran out, leased anew to the caller, with how many
-/// times each was taken over (a reply that kills every worker sending it
-/// must end somewhere too).
-const ORPHANS_LUA: &str = r#"
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for _, id in ipairs(ids) do
-  local body = redis.call('HGET', KEYS[2], id)
-  if body then
-    redis.call('ZADD', KEYS[1], ARGV[2], id)
-    local n = redis.call('HINCRBY', KEYS[3], id, 1)
-    table.insert(out, id)
-    table.insert(out, body)
-    table.insert(out, n)
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return out
-"#;
-
-pub struct Scripts {
-    finish: redis::Script,
-    dead: redis::Script,
-    reply_sent: redis::Script,
-    orphans: redis::Script,
+/// A kept reply went out: forget it, let its chat go on
+/// (`lua/reply_sent.lua`). Returns the chat's next entry id.
+pub async fn reply_sent(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    entry_id: &str,
+    key: &str,
+) -> RedisResult<Option<String>> {
+    let mut inv = scripts().reply_sent.prepare_invoke();
+    inv.key(keys.replies())
+        .key(keys.replies_due())
+        .key(keys.failures())
+        .key(keys.order(key))
+        .arg(entry_id)
+        .arg(key);
+    let head: String = inv.invoke_async(conn).await?;
+    Ok(Some(head).filter(|h| !h.is_empty()))
 }
 
-impl Default for Scripts {
-    fn default() -> Self {
-        Self {
-            finish: redis::Script::new(FINISH_LUA),
-            dead: redis::Script::new(DEAD_LUA),
-            reply_sent: redis::Script::new(REPLY_SENT_LUA),
-            orphans: redis::Script::new(ORPHANS_LUA),
-        }
-    }
+/// Replies whose lease ran out, leased anew to the caller
+/// (`lua/orphan_replies.lua`).
+pub async fn orphan_replies(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    until_ms: i64,
+    count: usize,
+) -> RedisResult<Vec<super::OrphanReply>> {
+    let mut inv = scripts().orphan_replies.prepare_invoke();
+    inv.key(keys.replies_due())
+        .key(keys.replies())
+        .key(keys.failures())
+        .arg(now_ms())
+        .arg(until_ms)
+        .arg(count);
+    let flat: Vec<Value> = inv.invoke_async(conn).await?;
+    Ok(flat
+        .chunks(3)
+        .filter_map(|c| {
+            Some(super::OrphanReply {
+                id: value_string(c.first()?)?,
+                body: value_string(c.get(1)?)?,
+                takeovers: value_u64(c.get(2)?)?,
+            })
+        })
+        .collect())
 }
 
-impl Scripts {
-    pub async fn reply_sent(
-        &self,
-        conn: &mut ConnectionManager,
-        keys: &Keys,
-        entry_id: &str,
-        key: &str,
-    ) -> RedisResult<Option<String>> {
-        let mut inv = self.reply_sent.prepare_invoke();
-        inv.key(keys.replies())
-            .key(keys.replies_due())
-            .key(keys.failures())
-            .key(keys.order(key))
-            .arg(entry_id)
-            .arg(key);
-        let head: String = inv.invoke_async(conn).await?;
-        Ok(Some(head).filter(|h| !h.is_empty()))
+/// Marks the update handled (once) and ends its entry, atomically
+/// (`lua/finish.lua`, which says why it frees memory first). Returns
+/// whether the update was fresh and its chat's next entry id.
+pub async fn finish(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    entry: &Entry,
+    done_: super::Completion<'_>,
+) -> RedisResult<(bool, Option<String>)> {
+    let user = done_.user;
+    let u = user.cloned().unwrap_or_default();
+    let done = keys.done(entry.update_id);
+    let mut inv = scripts().finish.prepare_invoke();
+    inv.key(&done.key)
+        .key(keys.user(u.id))
+        .key(keys.users_first_seen())
+        .key(keys.users_last_seen())
+        .key(keys.counters())
+        .key(keys.stream())
+        .key(keys.failures())
+        .key(keys.order(&entry.key))
+        .key(keys.replies())
+        .key(keys.replies_due());
+    for w in done_.writes {
+        inv.key(keys.kv(w.hash()));
     }
+    inv.arg(keys::DONE_TTL_SECS)
+        .arg(now_ms())
+        .arg(if user.is_some() {
+            u.id.to_string()
+        } else {
+            String::new()
+        })
+        .arg(&u.first_name)
+        .arg(&u.username)
+        .arg(&u.language_code)
+        .arg(if u.is_message { "1" } else { "0" })
+        .arg(&u.start_payload)
+        .arg(keys::GROUP)
+        .arg(&entry.id)
+        .arg(&entry.key)
+        .arg(done.bit)
+        .arg(done_.reply.unwrap_or(""))
+        .arg(done_.reply_lease_until_ms)
+        .arg(done_.writes.len());
+    for w in done_.writes {
+        let (op, field, value) = w.parts();
+        inv.arg(op).arg(field).arg(value);
+    }
+    let (fresh, head): (i64, String) = inv.invoke_async(conn).await?;
+    Ok((fresh == 1, Some(head).filter(|h| !h.is_empty())))
+}
 
-    pub async fn orphan_replies(
-        &self,
-        conn: &mut ConnectionManager,
-        keys: &Keys,
-        until_ms: i64,
-        count: usize,
-    ) -> RedisResult<Vec<super::OrphanReply>> {
-        let mut inv = self.orphans.prepare_invoke();
-        inv.key(keys.replies_due())
-            .key(keys.replies())
-            .key(keys.failures())
-            .arg(now_ms())
-            .arg(until_ms)
-            .arg(count);
-        let flat: Vec<Value> = inv.invoke_async(conn).await?;
-        Ok(flat
-            .chunks(3)
-            .filter_map(|c| {
-                Some(super::OrphanReply {
-                    id: value_string(c.first()?)?,
-                    body: value_string(c.get(1)?)?,
-                    takeovers: value_u64(c.get(2)?)?,
-                })
-            })
-            .collect())
-    }
-
-    pub async fn finish(
-        &self,
-        conn: &mut ConnectionManager,
-        keys: &Keys,
-        entry: &Entry,
-        done_: super::Completion<'_>,
-    ) -> RedisResult<(bool, Option<String>)> {
-        let user = done_.user;
-        let u = user.cloned().unwrap_or_default();
-        let done = keys.done(entry.update_id);
-        let mut inv = self.finish.prepare_invoke();
-        inv.key(&done.key)
-            .key(keys.user(u.id))
-            .key(keys.users_first_seen())
-            .key(keys.users_last_seen())
-            .key(keys.counters())
-            .key(keys.stream())
-            .key(keys.failures())
-            .key(keys.order(&entry.key))
-            .key(keys.replies())
-            .key(keys.replies_due());
-        for w in done_.writes {
-            inv.key(keys.kv(w.hash()));
-        }
-        inv.arg(keys::DONE_TTL_SECS)
-            .arg(now_ms())
-            .arg(if user.is_some() {
-                u.id.to_string()
-            } else {
-                String::new()
-            })
-            .arg(&u.first_name)
-            .arg(&u.username)
-            .arg(&u.language_code)
-            .arg(if u.is_message { "1" } else { "0" })
-            .arg(&u.start_payload)
-            .arg(keys::GROUP)
-            .arg(&entry.id)
-            .arg(&entry.key)
-            .arg(done.bit)
-            .arg(done_.reply.unwrap_or(""))
-            .arg(done_.reply_lease_until_ms)
-            .arg(done_.writes.len());
-        for w in done_.writes {
-            let (op, field, value) = w.parts();
-            inv.arg(op).arg(field).arg(value);
-        }
-        let (fresh, head): (i64, String) = inv.invoke_async(conn).await?;
-        Ok((fresh == 1, Some(head).filter(|h| !h.is_empty())))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub async fn dead_letter(
-        &self,
-        conn: &mut ConnectionManager,
-        keys: &Keys,
-        id: &str,
-        update_id: Option<i64>,
-        key: &str,
-        update: &[u8],
-        error: &str,
-        deliveries: u64,
-        reply: &str,
-    ) -> RedisResult<()> {
-        let mut inv = self.dead.prepare_invoke();
-        inv.key(keys.stream())
-            .key(keys.dead())
-            .key(keys.failures())
-            .key(keys.counters())
-            .key(keys.order(key))
-            .key(keys.replies())
-            .key(keys.replies_due())
-            .arg(keys::GROUP)
-            .arg(id)
-            .arg(update_id.map(|u| u.to_string()).unwrap_or_default())
-            .arg(key)
-            .arg(update)
-            .arg(error)
-            .arg(deliveries)
-            .arg(now_ms())
-            .arg(reply);
-        let _: i64 = inv.invoke_async(conn).await?;
-        Ok(())
-    }
+/// Moves an entry to the dead letters with the reason, atomically
+/// (`lua/dead_letter.lua`).
+#[allow(clippy::too_many_arguments)]
+pub async fn dead_letter(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    id: &str,
+    update_id: Option<i64>,
+    key: &str,
+    update: &[u8],
+    error: &str,
+    deliveries: u64,
+    reply: &str,
+) -> RedisResult<()> {
+    let mut inv = scripts().dead_letter.prepare_invoke();
+    inv.key(keys.stream())
+        .key(keys.dead())
+        .key(keys.failures())
+        .key(keys.counters())
+        .key(keys.order(key))
+        .key(keys.replies())
+        .key(keys.replies_due())
+        .arg(keys::GROUP)
+        .arg(id)
+        .arg(update_id.map(|u| u.to_string()).unwrap_or_default())
+        .arg(key)
+        .arg(update)
+        .arg(error)
+        .arg(deliveries)
+        .arg(now_ms())
+        .arg(reply);
+    let _: i64 = inv.invoke_async(conn).await?;
+    Ok(())
 }
 
 /// Pushes the lease ends of replies still being sent (only those still kept).
@@ -613,24 +492,15 @@ pub async fn consumers(
         .collect())
 }
 
-/// Removes `consumer` from the group and its alive mark, in one step and
-/// only if it owns no pending entry (DELCONSUMER would drop those from the
-/// group's memory: nobody could reclaim them). 1 = left, 0 = still owns
-/// entries.
-const LEAVE_LUA: &str = r#"
-local owned = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
-if #owned > 0 then return 0 end
-redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-redis.call('DEL', KEYS[2])
-return 1
-"#;
-
+/// Removes `consumer` from the group, unless it still owns pending
+/// entries (`lua/leave_group.lua`). True when it left.
 pub async fn leave_group(
     conn: &mut ConnectionManager,
     keys: &Keys,
     consumer: &str,
 ) -> RedisResult<bool> {
-    let left: i64 = redis::Script::new(LEAVE_LUA)
+    let left: i64 = scripts()
+        .leave_group
         .key(keys.stream())
         .key(keys.alive(consumer))
         .arg(keys::GROUP)
@@ -738,25 +608,15 @@ pub async fn heads(
     Ok(out)
 }
 
-/// Unblocks a conversation whose head entry no longer exists in the stream
-/// (lost with a Redis that restarted without its data, or removed by hand):
-/// drops the head only if it is still the head and still missing.
-const HEAL_LUA: &str = r#"
-if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[1] then return 0 end
-if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) > 0 then return 0 end
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
-redis.call('LPOP', KEYS[2])
-return 1
-"#;
-
+/// Drops a chat's head if it is still the head and its entry is gone
+/// (`lua/heal_head.lua`).
 pub async fn heal_head(
     conn: &mut ConnectionManager,
     keys: &Keys,
     order_key: &str,
     head: &str,
 ) -> RedisResult<bool> {
-    let script = redis::Script::new(HEAL_LUA);
-    let mut inv = script.prepare_invoke();
+    let mut inv = scripts().heal_head.prepare_invoke();
     inv.key(keys.stream())
         .key(keys.order(order_key))
         .key(keys.replies())

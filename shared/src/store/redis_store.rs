@@ -5,81 +5,23 @@ use std::time::Duration;
 use futures::FutureExt;
 use redis::aio::ConnectionManager;
 
-use super::redis_ops::{self, Scripts};
+use super::redis_ops;
+use super::scripts::scripts;
 use super::{
     Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination, DeadLetterRequest,
     Delivery, Depth, Directory, Head, Intake, OrphanReply, Read, SendBudget, Store, StoreError,
     StoreFuture, StoreResult,
 };
-use crate::envelope::{Enqueued, Enqueuer, Entry, Probe};
+use crate::envelope::{self, Enqueued, Entry, Probe};
 use crate::keys::Keys;
 use crate::redis_conn::{self, COMMAND_TIMEOUT};
 use crate::stats::{self, BotStats, UserRecord};
-
-const LEASE_LUA: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v == false then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if v == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"#;
-
-const RELEASE_LUA: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#;
-
-/// Returns 0 when a send may go now (and books it), else microseconds to
-/// wait. GCRA: one timestamp per key, no per-request bookkeeping. KEYS:
-/// global, chat. ARGV: global interval µs, global tolerance µs, chat
-/// interval µs (0 = no chat limit), chat tolerance µs.
-///
-/// The booking opens with PEXPIRE: a full Redis (`noeviction`) refuses a
-/// script only at a first write that can grow memory, and SET is one. The
-/// budget must keep working then - every reply draws from it, and replies
-/// finishing are what empty a full Redis - while its writes only replace
-/// a timestamp or two.
-const GCRA_LUA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local function tat_of(key)
-  local v = tonumber(redis.call('GET', key) or '0')
-  if v < now then return now end
-  return v
-end
-local gi, gt, ci, ct = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local g = tat_of(KEYS[1])
-local wait = g - gt - now
-local c = 0
-if ci > 0 then
-  c = tat_of(KEYS[2])
-  local w2 = c - ct - now
-  if w2 > wait then wait = w2 end
-end
-if wait > 0 then return wait end
-redis.call('PEXPIRE', KEYS[1], math.floor((g + gi - now) / 1000) + 1000)
-redis.call('SET', KEYS[1], tostring(g + gi), 'PX', math.floor((g + gi - now) / 1000) + 1000)
-if ci > 0 then
-  redis.call('SET', KEYS[2], tostring(c + ci), 'PX', math.floor((c + ci - now) / 1000) + 1000)
-end
-return 0
-"#;
 
 pub struct RedisStore {
     conn: ConnectionManager,
     /// Its own connection for `XREADGROUP BLOCK`, with a response timeout
     /// longer than the block.
     blocking: ConnectionManager,
-    enqueuer: Enqueuer,
-    scripts: Scripts,
-    lease: redis::Script,
-    release: redis::Script,
-    gcra: redis::Script,
     keys: Keys,
 }
 
@@ -93,11 +35,6 @@ impl RedisStore {
         Ok(Self {
             conn: redis_conn::manager(url)?,
             blocking: redis_conn::blocking_manager(url, MAX_BLOCK)?,
-            enqueuer: Enqueuer::default(),
-            scripts: Scripts::default(),
-            lease: redis::Script::new(LEASE_LUA),
-            release: redis::Script::new(RELEASE_LUA),
-            gcra: redis::Script::new(GCRA_LUA),
             keys,
         })
     }
@@ -164,7 +101,7 @@ impl Intake for RedisStore {
     fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
         async move {
             let mut c = self.conn.clone();
-            match bounded(self.enqueuer.enqueue(&mut c, &self.keys, probe, raw)).await {
+            match bounded(envelope::enqueue(&mut c, &self.keys, probe, raw)).await {
                 // The connection broke (Redis restarted, a failover, an idle
                 // connection cut by a proxy): the manager is reconnecting,
                 // so one more try usually lands. Safe to repeat: if the
@@ -173,7 +110,7 @@ impl Intake for RedisStore {
                 // 503 and hold the chat back for its own retry delay.
                 Err(StoreError::Redis(e)) if connection_broke(&e) => {
                     tracing::debug!(error = %e, "connection broke while storing; one more try");
-                    bounded(self.enqueuer.enqueue(&mut c, &self.keys, probe, raw)).await
+                    bounded(envelope::enqueue(&mut c, &self.keys, probe, raw)).await
                 }
                 other => other,
             }
@@ -246,7 +183,7 @@ impl Coordination for RedisStore {
     }
 
     fn lease(&self, key: &str, holder: &str, ttl_ms: u64) -> StoreFuture<'_, bool> {
-        let mut inv = self.lease.prepare_invoke();
+        let mut inv = scripts().lease.prepare_invoke();
         inv.key(key).arg(holder).arg(ttl_ms);
         async move {
             let mut c = self.conn.clone();
@@ -257,7 +194,7 @@ impl Coordination for RedisStore {
     }
 
     fn release(&self, key: &str, holder: &str) -> StoreFuture<'_, ()> {
-        let mut inv = self.release.prepare_invoke();
+        let mut inv = scripts().release.prepare_invoke();
         inv.key(key).arg(holder);
         async move {
             let mut c = self.conn.clone();
@@ -402,7 +339,7 @@ impl Delivery for RedisStore {
     ) -> StoreFuture<'a, (bool, Option<String>)> {
         async move {
             let mut c = self.conn.clone();
-            bounded(self.scripts.finish(&mut c, &self.keys, entry, done)).await
+            bounded(redis_ops::finish(&mut c, &self.keys, entry, done)).await
         }
         .boxed()
     }
@@ -414,7 +351,7 @@ impl Delivery for RedisStore {
     ) -> StoreFuture<'a, Option<String>> {
         async move {
             let mut c = self.conn.clone();
-            bounded(self.scripts.reply_sent(&mut c, &self.keys, entry_id, key)).await
+            bounded(redis_ops::reply_sent(&mut c, &self.keys, entry_id, key)).await
         }
         .boxed()
     }
@@ -430,10 +367,9 @@ impl Delivery for RedisStore {
     fn orphan_replies(&self, until_ms: i64, count: usize) -> StoreFuture<'_, Vec<OrphanReply>> {
         async move {
             let mut c = self.conn.clone();
-            bounded(
-                self.scripts
-                    .orphan_replies(&mut c, &self.keys, until_ms, count),
-            )
+            bounded(redis_ops::orphan_replies(
+                &mut c, &self.keys, until_ms, count,
+            ))
             .await
         }
         .boxed()
@@ -450,7 +386,7 @@ impl Delivery for RedisStore {
     fn dead_letter<'a>(&'a self, d: DeadLetterRequest<'a>) -> StoreFuture<'a, ()> {
         async move {
             let mut c = self.conn.clone();
-            bounded(self.scripts.dead_letter(
+            bounded(redis_ops::dead_letter(
                 &mut c,
                 &self.keys,
                 d.id,
@@ -511,7 +447,7 @@ impl Directory for RedisStore {
 
 impl SendBudget for RedisStore {
     fn admit(&self, b: Budget) -> StoreFuture<'_, u64> {
-        let mut inv = self.gcra.prepare_invoke();
+        let mut inv = scripts().send_budget.prepare_invoke();
         inv.key(self.keys.rate_global())
             .key(self.keys.rate_chat(b.chat_id))
             .arg(b.interval_us)

@@ -1,0 +1,25 @@
+-- Puts every dead letter back on the stream as a new entry (at the end of
+-- its conversation's order) and removes it from the dead letters, one at a
+-- time and atomically, so an interrupted replay loses or doubles nothing.
+-- A dead reply (its update was handled, only the answer failed) goes back
+-- as a kept reply, due at once: any worker sends it.
+--
+-- KEYS: stream, dead letters, order list, replies, replies:due.
+-- ARGV: dead letter id, received at ms. Returns 1 replayed, 0 gone,
+-- -1 kept (no update body).
+local e = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
+if #e == 0 then return 0 end
+local f = e[1][2]
+local m = {}
+for i = 1, #f, 2 do m[f[i]] = f[i + 1] end
+if (m['reply'] or '') ~= '' then
+  redis.call('HSET', KEYS[4], m['id'], m['reply'])
+  redis.call('ZADD', KEYS[5], 0, m['id'])
+  redis.call('XDEL', KEYS[2], ARGV[1])
+  return 1
+end
+if m['update'] == nil or m['update'] == '' then return -1 end
+local id = redis.call('XADD', KEYS[1], '*', 'update_id', m['update_id'] or '', 'received_at', ARGV[2], 'key', m['key'] or '', 'update', m['update'])
+if (m['key'] or '') ~= '' then redis.call('RPUSH', KEYS[3], id) end
+redis.call('XDEL', KEYS[2], ARGV[1])
+return 1

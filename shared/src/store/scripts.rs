@@ -1,0 +1,84 @@
+//! Every Lua script the system runs, one file each under `lua/`, loaded
+//! here and nowhere else. A script is read from its own file so it can be
+//! read (and its "free memory first" ordering checked) as Lua, not as a
+//! Rust string; its comments say what it guarantees and which KEYS and
+//! ARGV it takes. Every key a script touches comes in through KEYS, so
+//! each one names its keys with the caller's `REDIS_KEY_PREFIX`.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+pub struct Scripts {
+    /// The ingress's store step (`lua/enqueue.lua`).
+    pub enqueue: Script,
+    /// An update's completion (`lua/finish.lua`).
+    pub finish: Script,
+    pub dead_letter: Script,
+    pub reply_sent: Script,
+    pub orphan_replies: Script,
+    pub leave_group: Script,
+    pub heal_head: Script,
+    pub lease: Script,
+    pub release: Script,
+    /// The shared send budget, GCRA (`lua/send_budget.lua`).
+    pub send_budget: Script,
+    /// `worker queue replay-dead` (`lua/replay_dead.lua`).
+    pub replay_dead: Script,
+}
+
+static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    enqueue: Script::new(include_str!("lua/enqueue.lua")),
+    finish: Script::new(include_str!("lua/finish.lua")),
+    dead_letter: Script::new(include_str!("lua/dead_letter.lua")),
+    reply_sent: Script::new(include_str!("lua/reply_sent.lua")),
+    orphan_replies: Script::new(include_str!("lua/orphan_replies.lua")),
+    leave_group: Script::new(include_str!("lua/leave_group.lua")),
+    heal_head: Script::new(include_str!("lua/heal_head.lua")),
+    lease: Script::new(include_str!("lua/lease.lua")),
+    release: Script::new(include_str!("lua/release.lua")),
+    send_budget: Script::new(include_str!("lua/send_budget.lua")),
+    replay_dead: Script::new(include_str!("lua/replay_dead.lua")),
+});
+
+/// The scripts, hashed once per process: invoking one sends its SHA
+/// (EVALSHA) and its source only when Redis does not know it yet.
+pub fn scripts() -> &'static Scripts {
+    &SCRIPTS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each file is a script of its own (a mix-up of two `include_str!`
+    /// would give two fields one hash).
+    #[test]
+    fn every_script_is_loaded_once_and_distinct() {
+        let s = scripts();
+        let all = [
+            &s.enqueue,
+            &s.finish,
+            &s.dead_letter,
+            &s.reply_sent,
+            &s.orphan_replies,
+            &s.leave_group,
+            &s.heal_head,
+            &s.lease,
+            &s.release,
+            &s.send_budget,
+            &s.replay_dead,
+        ];
+        let hashes: std::collections::HashSet<&str> = all.iter().map(|s| s.get_hash()).collect();
+        assert_eq!(hashes.len(), all.len());
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/lua");
+        let files = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|f| f.path().extension().is_some_and(|e| e == "lua"))
+                    .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(files, all.len(), "every file under lua/ is loaded here");
+    }
+}
