@@ -3,7 +3,8 @@
 //! Fields: `update_id`, `received_at` (ms since epoch), `key` (the ordering
 //! key: `c<chat_id>`, `u<user_id>` or empty) and `update` (the raw JSON
 //! exactly as Telegram sent it - the worker parses it, so the ingress stays
-//! small and never rejects an update type it does not know).
+//! small and never rejects an update type it does not know). [`NewEntry`]
+//! writes them, for every script that adds an entry; [`Entry`] reads them.
 
 use std::collections::HashMap;
 
@@ -192,6 +193,47 @@ pub enum Enqueued {
     Duplicate,
 }
 
+/// A stream entry about to be written. [`NewEntry::push_fields`] is the
+/// one writer of the entry layout (the fields [`Entry::from_map`] reads):
+/// both scripts that add entries - the ingress's enqueue and the
+/// operator's replay of dead letters - take the field list from it as
+/// their trailing ARGV and pass it to XADD unread, so no script names a
+/// field.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEntry<'a> {
+    /// `None` only for a replayed dead letter that had none (an entry that
+    /// could not be read); the worker then takes it from the update.
+    pub update_id: Option<i64>,
+    pub received_at_ms: i64,
+    pub key: &'a str,
+    pub update: &'a [u8],
+}
+
+impl NewEntry<'_> {
+    /// The entry's fields, in XADD order.
+    pub fn fields(&self) -> [(&'static str, Vec<u8>); 4] {
+        [
+            (
+                F_UPDATE_ID,
+                self.update_id
+                    .map(|u| u.to_string())
+                    .unwrap_or_default()
+                    .into_bytes(),
+            ),
+            (F_RECEIVED_AT, self.received_at_ms.to_string().into_bytes()),
+            (F_KEY, self.key.as_bytes().to_vec()),
+            (F_UPDATE, self.update.to_vec()),
+        ]
+    }
+
+    /// Appends the entry's `field value ...` list to a script's ARGV.
+    pub fn push_fields(&self, inv: &mut redis::ScriptInvocation<'_>) {
+        for (field, value) in self.fields() {
+            inv.arg(field).arg(value);
+        }
+    }
+}
+
 /// Stores the update, marks its id as seen and appends it to its
 /// conversation's order list, in one atomic step (`lua/enqueue.lua`).
 /// Returns only once Redis has confirmed the write.
@@ -202,19 +244,21 @@ pub async fn enqueue(
     raw: &[u8],
 ) -> redis::RedisResult<Enqueued> {
     let seen = keys.seen(probe.update_id);
-    let id: Option<String> = scripts()
-        .enqueue
-        .key(keys.stream())
+    let mut inv = scripts().enqueue.prepare_invoke();
+    inv.key(keys.stream())
         .key(&seen.key)
         .key(keys.order(&probe.key))
         .arg(keys::SEEN_TTL_SECS)
-        .arg(probe.update_id)
-        .arg(now_ms())
-        .arg(&probe.key)
-        .arg(raw)
         .arg(seen.bit)
-        .invoke_async(conn)
-        .await?;
+        .arg(&probe.key);
+    NewEntry {
+        update_id: Some(probe.update_id),
+        received_at_ms: now_ms(),
+        key: &probe.key,
+        update: raw,
+    }
+    .push_fields(&mut inv);
+    let id: Option<String> = inv.invoke_async(conn).await?;
     Ok(match id {
         Some(id) => Enqueued::Stored(id),
         None => Enqueued::Duplicate,
@@ -279,6 +323,31 @@ mod tests {
         assert_eq!(p.key, "u7");
         let p = probe(br#"{"update_id": 7, "something_new": {"x": 1}}"#).unwrap();
         assert_eq!(p.key, "");
+    }
+
+    /// The one writer of the layout and its reader agree, also for a
+    /// replayed dead letter without an update id.
+    #[test]
+    fn a_written_entry_reads_back() {
+        let update = br#"{"update_id": 9, "message": {"chat": {"id": 3}}}"#;
+        for update_id in [Some(9), None] {
+            let new = NewEntry {
+                update_id,
+                received_at_ms: 1_700_000_000_123,
+                key: "c3",
+                update,
+            };
+            let map: HashMap<String, redis::Value> = new
+                .fields()
+                .into_iter()
+                .map(|(f, v)| (f.to_owned(), redis::Value::BulkString(v)))
+                .collect();
+            let e = Entry::from_map("1-0".into(), &map).expect("readable");
+            assert_eq!(e.update_id, 9);
+            assert_eq!(e.received_at_ms, 1_700_000_000_123);
+            assert_eq!(e.key, "c3");
+            assert_eq!(e.update, update.to_vec());
+        }
     }
 
     #[test]

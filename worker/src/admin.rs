@@ -7,7 +7,7 @@ use redis::aio::ConnectionManager;
 use redis::Value;
 use serde::Serialize;
 
-use shared::envelope::now_ms;
+use shared::envelope::{now_ms, NewEntry};
 use shared::keys::{self, Keys};
 
 use shared::store::redis_ops::{self as stream, value_i64, value_string, value_u64};
@@ -237,6 +237,10 @@ pub async fn replay_dead(
     let mut report = ReplayReport::default();
     for (dead_id, fields) in entries(&v) {
         let key = fields.get("key").and_then(value_string).unwrap_or_default();
+        let update = match fields.get("update") {
+            Some(Value::BulkString(b)) => b.clone(),
+            _ => Vec::new(),
+        };
         let mut inv = scripts().replay_dead.prepare_invoke();
         inv.key(keys.stream())
             .key(keys.dead())
@@ -244,7 +248,14 @@ pub async fn replay_dead(
             .key(keys.replies())
             .key(keys.replies_due())
             .arg(&dead_id)
-            .arg(now_ms());
+            .arg(&key);
+        NewEntry {
+            update_id: fields.get("update_id").and_then(value_i64),
+            received_at_ms: now_ms(),
+            key: &key,
+            update: &update,
+        }
+        .push_fields(&mut inv);
         match inv.invoke_async::<i64>(conn).await? {
             1 => report.replayed += 1,
             -1 => report.kept += 1,

@@ -4,9 +4,15 @@
 -- A dead reply (its update was handled, only the answer failed) goes back
 -- as a kept reply, due at once: any worker sends it.
 --
+-- The new entry's fields come from the caller (envelope.rs `NewEntry`,
+-- the one definition of the entry layout), built from this same dead
+-- letter as the caller read it: a stream entry never changes, so if the
+-- letter is still here, those are its fields.
+--
 -- KEYS: stream, dead letters, order list, replies, replies:due.
--- ARGV: dead letter id, received at ms. Returns 1 replayed, 0 gone,
--- -1 kept (no update body).
+-- ARGV: dead letter id, order key ('' = none), then the new entry's
+-- `field value ...` list. Returns 1 replayed, 0 gone, -1 kept (no update
+-- body).
 local e = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
 if #e == 0 then return 0 end
 local f = e[1][2]
@@ -19,7 +25,7 @@ if (m['reply'] or '') ~= '' then
   return 1
 end
 if m['update'] == nil or m['update'] == '' then return -1 end
-local id = redis.call('XADD', KEYS[1], '*', 'update_id', m['update_id'] or '', 'received_at', ARGV[2], 'key', m['key'] or '', 'update', m['update'])
-if (m['key'] or '') ~= '' then redis.call('RPUSH', KEYS[3], id) end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[3], id) end
 redis.call('XDEL', KEYS[2], ARGV[1])
 return 1
