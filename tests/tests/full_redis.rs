@@ -282,17 +282,19 @@ async fn a_finish_refused_for_over_a_minute_never_answers_twice() {
     let u = private_command(next_update_id(), 7_500_000, "Patient", Some("en"), "/help");
     burst.push(u.clone());
     // The reply takes a while, so writes can be refused while it is on
-    // its way: the finish right after it is the first write refused.
+    // its way: the update's completion (writes, "handled" mark, the reply
+    // kept) came first, and forgetting the sent reply is the first write
+    // refused.
     s.api.set_delay(Duration::from_secs(2));
     s.post_ok(&u).await;
     let url = s.redis.url();
     assert!(
         eventually(Duration::from_secs(10), || {
             let url = url.clone();
-            async move { queue_state(&url).await.is_some_and(|q| q.pending == 1) }
+            async move { queue_state(&url).await.is_some_and(|q| q.kept == 1) }
         })
         .await,
-        "the update was not delivered\n{}",
+        "the update was not handled\n{}",
         s.logs_tail()
     );
     let mut c = s.redis_conn().await;
