@@ -90,7 +90,9 @@ pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
     let result: Result<String, redis::RedisError> = async {
         Ok(match action {
             QueueAction::Stats { json } => {
-                let s = crate::admin::stats(&mut conn).await?;
+                let mut s = crate::admin::stats(&mut conn).await?;
+                s.redis = shared::config::redact_url(&url);
+                crate::admin::apply_liveness(&mut conn, &mut s, config.claim_idle).await?;
                 if json {
                     serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
                 } else {
