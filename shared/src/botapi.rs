@@ -150,12 +150,16 @@ pub struct BotApi {
     http: reqwest::Client,
     /// `<api>/bot<token>/`; never formatted into anything that leaves here.
     base: String,
+    /// `host:port` of the API, named in network errors so an operator sees
+    /// where the bot tried to go. Never the path: that holds the token.
+    host: String,
     token: BotToken,
 }
 
 impl std::fmt::Debug for BotApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BotApi")
+            .field("host", &self.host)
             .field("token", &self.token)
             .finish()
     }
@@ -181,9 +185,15 @@ impl BotApi {
             .build()
             .expect("reqwest client with static settings");
         let api = api_url.as_str().trim_end_matches('/');
+        let host = match (api_url.host_str(), api_url.port_or_known_default()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            (None, _) => "<no host>".to_owned(),
+        };
         Self {
             http,
             base: format!("{api}/bot{}/", token.expose()),
+            host,
             token: token.clone(),
         }
     }
@@ -253,11 +263,7 @@ impl BotApi {
         } else {
             "connection broke before the answer"
         };
-        let mut message = kind.to_owned();
-        let detail = e.without_url().to_string();
-        if !detail.is_empty() {
-            message = format!("{kind}: {detail}");
-        }
+        let message = format!("{kind} to {}: {}", self.host, cause_chain(&e.without_url()));
         BotApiError::Network {
             method: method.to_owned(),
             message: self.scrub(&message),
@@ -289,6 +295,30 @@ impl BotApi {
     }
 }
 
+/// The error and its sources, joined: reqwest's own text ("error sending
+/// request") says nothing an operator can act on; the cause ("dns error:
+/// failed to lookup address information", "Connection refused", a TLS
+/// complaint) sits a few `source()`s down. A link whose text the previous
+/// one already contains is skipped, as some wrappers repeat their inner
+/// error.
+fn cause_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        let repeated = parts.last().is_some_and(|p| p.contains(&text));
+        if !text.is_empty() && !repeated {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    if parts.is_empty() {
+        "no detail".to_owned()
+    } else {
+        parts.join(": ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +332,12 @@ mod tests {
         let text = format!("{err} {err:?}");
         assert!(matches!(err, BotApiError::Network { .. }), "{text}");
         assert!(!text.contains("SECRETsecretSECRET"), "{text}");
+        // What an operator needs to act: where it tried to go, and why not.
+        assert!(text.contains("127.0.0.1:9"), "names the host: {text}");
+        assert!(
+            text.to_lowercase().contains("connection refused"),
+            "names the cause: {text}"
+        );
         assert!(err.is_transient());
         assert!(
             !err.outcome_unknown(),

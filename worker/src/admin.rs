@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::Value;
@@ -9,6 +10,8 @@ use serde::Serialize;
 
 use shared::envelope::{now_ms, NewEntry};
 use shared::keys::{self, Keys};
+
+use crate::human;
 
 use shared::store::redis_ops::{self as stream, value_i64, value_string, value_u64};
 use shared::store::scripts::scripts;
@@ -20,12 +23,22 @@ pub struct ConsumerStats {
     pub idle_ms: u64,
     /// A running worker renews this name's alive mark every claim period;
     /// false for a name whose worker is gone (removed by the workers once
-    /// it owns nothing).
+    /// it owns nothing). The mark itself lives ten periods (so one slow
+    /// Redis moment does not get a live worker's name removed), but the
+    /// operator is told "gone" once it missed two renewals: see
+    /// [`apply_liveness`].
     pub alive: bool,
+    /// Milliseconds since the alive mark was last renewed; `None` once the
+    /// mark expired (or before the first renewal was read).
+    pub renewed_ms_ago: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct QueueStats {
+    /// Which Redis these numbers come from, password redacted: with
+    /// `REDIS_URL` unset the command reads the default local Redis, and
+    /// "0 consumers" from the wrong Redis looks like an outage.
+    pub redis: String,
     pub stream: String,
     pub length: u64,
     /// Entries not yet delivered to any consumer.
@@ -88,6 +101,7 @@ pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisRes
         .await?;
     if !exists {
         return Ok(QueueStats {
+            redis: String::new(),
             stream: keys.stream(),
             length,
             lag: 0,
@@ -122,6 +136,7 @@ pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisRes
         None
     };
     Ok(QueueStats {
+        redis: String::new(),
         stream: keys.stream(),
         length,
         lag,
@@ -134,14 +149,61 @@ pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisRes
                 pending: c.pending,
                 idle_ms: c.idle_ms,
                 alive: c.alive,
+                renewed_ms_ago: None,
             })
             .collect(),
         dead_letters,
     })
 }
 
+/// Tells apart a running worker from one killed without a goodbye (SIGKILL,
+/// OOM, a lost host) within about two claim periods, where the alive mark
+/// alone takes ten. The worker renews the mark every `claim_idle` with a
+/// lifetime of ten periods, so its remaining lifetime says when it was last
+/// renewed. `claim_idle` is this command's `WORKER_CLAIM_IDLE_MS`: run it
+/// with the workers' environment.
+pub async fn apply_liveness(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    s: &mut QueueStats,
+    claim_idle: Duration,
+) -> redis::RedisResult<()> {
+    if s.consumers.is_empty() {
+        return Ok(());
+    }
+    let mut p = redis::pipe();
+    for c in &s.consumers {
+        p.cmd("PTTL").arg(keys.alive(&c.name));
+    }
+    let ttls: Vec<i64> = p.query_async(conn).await?;
+    for (c, ttl) in s.consumers.iter_mut().zip(ttls) {
+        (c.alive, c.renewed_ms_ago) = liveness(ttl, claim_idle);
+    }
+    Ok(())
+}
+
+/// Missed renewals after which a worker is reported gone: one period of
+/// slack for a slow reclaim pass or a Redis blip.
+const GONE_AFTER_PERIODS: u32 = 2;
+
+/// `(alive, ms since the last renewal)` from the alive mark's remaining
+/// lifetime (`PTTL`: -2 missing, -1 no expiry).
+fn liveness(pttl_ms: i64, claim_idle: Duration) -> (bool, Option<u64>) {
+    let full = (claim_idle * crate::consumer::DEAD_AFTER_PERIODS).as_millis() as u64;
+    let gone_after = (claim_idle * GONE_AFTER_PERIODS).as_millis() as u64;
+    match pttl_ms {
+        -1 => (true, None),
+        t if t < 0 => (false, None),
+        t => {
+            let ago = full.saturating_sub(t as u64);
+            (ago <= gone_after, Some(ago))
+        }
+    }
+}
+
 pub fn render_stats(s: &QueueStats) -> String {
     let mut out = String::new();
+    let _ = writeln!(out, "Redis:         {}", s.redis);
     let _ = writeln!(out, "Stream:        {}", s.stream);
     let _ = writeln!(out, "Length:        {}", s.length);
     let _ = writeln!(out, "Lag:           {} (not yet delivered)", s.lag);
@@ -152,7 +214,7 @@ pub fn render_stats(s: &QueueStats) -> String {
     );
     match s.oldest_pending_ms {
         Some(ms) => {
-            let _ = writeln!(out, "Oldest pending: {ms} ms");
+            let _ = writeln!(out, "Oldest pending: {} old", human::duration_ms(ms));
         }
         None => {
             let _ = writeln!(out, "Oldest pending: -");
@@ -161,13 +223,17 @@ pub fn render_stats(s: &QueueStats) -> String {
     let _ = writeln!(out, "Dead letters:  {}", s.dead_letters);
     let _ = writeln!(out, "Consumers:     {}", s.consumers.len());
     for c in &s.consumers {
+        let state = match (c.alive, c.renewed_ms_ago) {
+            (true, _) => "running".to_owned(),
+            (false, Some(ago)) => format!("gone (last seen {} ago)", human::duration_ms(ago)),
+            (false, None) => "gone".to_owned(),
+        };
         let _ = writeln!(
             out,
-            "  {:<48} pending {:>6}  idle {:>9} ms  {}",
+            "  {:<48} pending {:>6}  idle {:<12}  {state}",
             c.name,
             c.pending,
-            c.idle_ms,
-            if c.alive { "running" } else { "gone" }
+            human::duration_ms(c.idle_ms),
         );
     }
     out
@@ -207,8 +273,12 @@ pub fn render_dead(list: &[DeadLetter]) -> String {
             .unwrap_or_else(|| "?".into());
         let _ = writeln!(
             out,
-            "{}  update_id {}  deliveries {}  failed_at {}\n    {}",
-            d.id, uid, d.deliveries, d.failed_at, d.error
+            "{}  update_id {}  deliveries {}  failed at {}\n    {}",
+            d.id,
+            uid,
+            d.deliveries,
+            human::utc_ms(d.failed_at),
+            d.error
         );
     }
     out
@@ -263,4 +333,66 @@ pub async fn replay_dead(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_that_missed_two_renewals_reads_gone() {
+        let claim = Duration::from_secs(30);
+        // Lives 300 s; renewed 10 s ago.
+        assert_eq!(liveness(290_000, claim), (true, Some(10_000)));
+        assert_eq!(liveness(240_000, claim), (true, Some(60_000)));
+        assert_eq!(liveness(239_000, claim), (false, Some(61_000)));
+        assert_eq!(liveness(-2, claim), (false, None), "expired");
+        assert_eq!(liveness(-1, claim), (true, None), "no expiry: trust it");
+    }
+
+    #[test]
+    fn human_output_speaks_human() {
+        let s = QueueStats {
+            redis: "redis://:***@10.0.0.5:6379".into(),
+            stream: "s".into(),
+            length: 3,
+            lag: 1,
+            pending: 2,
+            oldest_pending_ms: Some(3_240),
+            consumers: vec![
+                ConsumerStats {
+                    name: "w-1".into(),
+                    pending: 2,
+                    idle_ms: 620_547,
+                    alive: true,
+                    renewed_ms_ago: Some(5_000),
+                },
+                ConsumerStats {
+                    name: "w-2".into(),
+                    pending: 0,
+                    idle_ms: 75_000,
+                    alive: false,
+                    renewed_ms_ago: Some(75_000),
+                },
+            ],
+            dead_letters: 0,
+        };
+        let out = render_stats(&s);
+        assert!(
+            out.contains("Redis:         redis://:***@10.0.0.5:6379"),
+            "{out}"
+        );
+        assert!(out.contains("Oldest pending: 3.2 s old"), "{out}");
+        assert!(out.contains("idle 10 min 20 s "), "{out}");
+        assert!(out.contains("gone (last seen 1 min 15 s ago)"), "{out}");
+
+        let d = render_dead(&[DeadLetter {
+            id: "1-0".into(),
+            update_id: Some(7),
+            error: "Bot API sendMessage failed: 400 Bad Request".into(),
+            deliveries: 1,
+            failed_at: 1_718_000_000_000,
+        }]);
+        assert!(d.contains("failed at 2024-06-10T06:13:20Z"), "{d}");
+    }
 }

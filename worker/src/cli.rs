@@ -90,7 +90,15 @@ pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
     let result: Result<String, redis::RedisError> = async {
         Ok(match action {
             QueueAction::Stats { json } => {
-                let s = crate::admin::stats(&mut conn, &config.redis_keys).await?;
+                let mut s = crate::admin::stats(&mut conn, &config.redis_keys).await?;
+                s.redis = shared::config::redact_url(&url);
+                crate::admin::apply_liveness(
+                    &mut conn,
+                    &config.redis_keys,
+                    &mut s,
+                    config.claim_idle,
+                )
+                .await?;
                 if json {
                     serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
                 } else {

@@ -31,6 +31,7 @@ pub mod consumer;
 pub mod ctx;
 pub mod dispatch;
 pub mod health;
+mod human;
 pub mod menu;
 pub mod metrics;
 pub mod replies;

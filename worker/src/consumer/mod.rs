@@ -58,7 +58,7 @@ use shared::store::{id_order, Store};
 
 /// Claim periods without a sign of life after which a consumer name with
 /// nothing pending is removed (SPEC: "ten claim-idle periods").
-const DEAD_AFTER_PERIODS: u32 = 10;
+pub(crate) const DEAD_AFTER_PERIODS: u32 = 10;
 /// How long one XREADGROUP waits for new entries before looping (and
 /// noticing a shutdown).
 const BLOCK: Duration = Duration::from_millis(1000);
