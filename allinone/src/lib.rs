@@ -18,7 +18,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use shared::store::{MemoryStore, RedisStore, Store};
+use shared::queue::{MemoryStore, RedisStore, Store};
 use shared::Config;
 use worker::cli::QueueAction;
 use worker::Bot;

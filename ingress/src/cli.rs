@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use shared::botapi::{BotApi, WebhookInfo};
+use shared::telegram::{BotApi, WebhookInfo};
 use shared::Config;
 
 use crate::registration::{self, SetupError};
@@ -20,7 +20,7 @@ pub enum CliError {
     #[error(transparent)]
     Setup(#[from] SetupError),
     #[error("{0}")]
-    Api(#[from] shared::botapi::BotApiError),
+    Api(#[from] shared::telegram::BotApiError),
 }
 
 fn api(config: &Config) -> Result<BotApi, CliError> {

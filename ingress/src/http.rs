@@ -15,8 +15,8 @@ use http_body_util::BodyExt;
 use tracing::{debug, warn, Instrument};
 
 use shared::envelope::{self, BadUpdate, Enqueued};
+use shared::queue::{Store, StoreError};
 use shared::secret::ct_eq;
-use shared::store::{Store, StoreError};
 
 use crate::metrics::Metrics;
 use crate::server::BODY_TIMEOUT;

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use shared::botapi::BotApi;
 use shared::config::redact_url;
-use shared::store::{RedisStore, Store};
+use shared::queue::{RedisStore, Store};
+use shared::telegram::BotApi;
 use shared::Config;
 
 #[derive(Debug, thiserror::Error)]

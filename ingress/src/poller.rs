@@ -16,10 +16,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use shared::botapi::{BotApi, BotApiError};
 use shared::envelope::{self, Enqueued};
+use shared::queue::Store;
 use shared::signals::Backoff;
-use shared::store::Store;
+use shared::telegram::{BotApi, BotApiError};
 
 use crate::metrics::Metrics;
 use crate::registration::{allowed_updates, retrying, SetupError};

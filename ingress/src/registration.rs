@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 use url::Url;
 
-use shared::botapi::{BotApi, BotApiError, User};
+use shared::queue::Store;
 use shared::signals::Backoff;
-use shared::store::Store;
+use shared::telegram::{BotApi, BotApiError, User};
 
 /// The update kinds asked for until a worker has published its bot's own
 /// list ([`allowed_updates`]). Explicit, because Telegram's default leaves

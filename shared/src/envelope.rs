@@ -13,7 +13,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 use crate::keys::{self, Keys};
-use crate::store::scripts::scripts;
+use crate::queue::scripts::scripts;
 
 pub const F_UPDATE_ID: &str = "update_id";
 pub const F_RECEIVED_AT: &str = "received_at";

@@ -8,26 +8,26 @@
 //! # Layout
 //!
 //! An update's path through this crate: [`envelope`] checks a body and
-//! shapes the stream entry; [`store`] holds the queue ([`store::RedisStore`]
-//! for production, [`store::MemoryStore`] embedded) - enqueue, consumer
+//! shapes the stream entry; [`queue`] holds the queue ([`queue::RedisStore`]
+//! for production, [`queue::MemoryStore`] embedded) - enqueue, consumer
 //! group, completion, kept replies, dead letters, the send budget - under
 //! the key names of [`keys`], over connections from [`redis_conn`];
-//! [`botapi`] talks to Telegram (token scrubbed from every error);
+//! [`telegram`] talks to Telegram (token scrubbed from every error);
 //! [`stats`] reads the user directory. Around it: [`config`] (parsed once),
 //! [`instance`] (one identity per process), [`secret`] (the derived webhook
 //! secret, constant-time comparison), [`signals`] (SIGTERM/SIGINT, backoff)
 //! and [`telemetry`] (logging that never blocks).
 
-pub mod botapi;
 pub mod config;
 pub mod envelope;
 pub mod instance;
 pub mod keys;
+pub mod queue;
 pub mod redis_conn;
 pub mod secret;
 pub mod signals;
 pub mod stats;
-pub mod store;
+pub mod telegram;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError};

@@ -212,7 +212,7 @@ async fn a_name_that_owns_entries_does_not_leave() {
         return;
     };
     let mut conn = shared::redis_conn::manager(&redis.url()).expect("manager");
-    use shared::store::redis_ops;
+    use shared::queue::redis_ops;
     redis_ops::join_group(&mut conn, &shared::keys::Keys::default(), "holder")
         .await
         .expect("join");

@@ -378,8 +378,8 @@ async fn scripted_faults() {
 /// classification the worker relies on sees what it would see in production.
 #[tokio::test]
 async fn shared_client_reads_the_fake() {
-    use shared::botapi::BotApi;
     use shared::config::BotToken;
+    use shared::telegram::BotApi;
     let api = FakeBotApi::start().await;
     let client = BotApi::new(
         &url::Url::parse(&api.url()).unwrap(),

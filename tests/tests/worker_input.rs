@@ -8,7 +8,7 @@ use std::time::Duration;
 use e2e::stack::Stack;
 use e2e::updates::{next_update_id, private_command};
 use shared::envelope::probe;
-use shared::store::{Intake, RedisStore};
+use shared::queue::{Intake, RedisStore};
 
 const T: Duration = Duration::from_secs(30);
 

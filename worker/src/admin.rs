@@ -13,8 +13,8 @@ use shared::keys::{self, Keys};
 
 use crate::human;
 
-use shared::store::redis_ops::{self as stream, value_i64, value_string, value_u64};
-use shared::store::scripts::scripts;
+use shared::queue::redis_ops::{self as stream, value_i64, value_string, value_u64};
+use shared::queue::scripts::scripts;
 
 #[derive(Debug, Serialize)]
 pub struct ConsumerStats {
@@ -292,7 +292,7 @@ pub struct ReplayReport {
 }
 
 /// Puts every dead letter back on the stream, one at a time and
-/// atomically (`shared/src/store/lua/replay_dead.lua`), so an interrupted
+/// atomically (`shared/src/queue/lua/replay_dead.lua`), so an interrupted
 /// replay loses or doubles nothing.
 pub async fn replay_dead(
     conn: &mut ConnectionManager,

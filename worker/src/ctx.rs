@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use teloxide_core::types::Update;
 
-use shared::botapi::BotApi;
 use shared::envelope::now_ms;
+use shared::queue::{Directory, Write};
 use shared::stats::{BotStats, UserRecord};
-use shared::store::{Directory, Write};
+use shared::telegram::BotApi;
 
 use crate::commands::{self, CommandInfo};
 use crate::reply::HandlerError;

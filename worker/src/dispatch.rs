@@ -13,7 +13,7 @@ use teloxide_core::types::{Update, UpdateKind};
 use tracing::{debug, warn};
 
 use shared::envelope::Entry;
-use shared::store::{UserTouch, Write};
+use shared::queue::{UserTouch, Write};
 
 use crate::bot::{HandlerFn, Handlers};
 use crate::commands::{self, Route};

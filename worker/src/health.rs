@@ -9,7 +9,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use shared::store::Store;
+use shared::queue::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -41,7 +41,7 @@ async fn metrics_handler(State(st): State<Arc<HealthState>>) -> impl IntoRespons
         st.metrics.queue_depth.set(d.length as i64);
         st.metrics.lag.set(d.lag as i64);
         st.metrics.pending.set(d.pending as i64);
-        Ok::<_, shared::store::StoreError>(())
+        Ok::<_, shared::queue::StoreError>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), refresh).await;
     (

@@ -54,10 +54,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use shared::botapi::BotApi;
 use shared::config::redact_url;
+use shared::queue::{RedisStore, Store};
 use shared::signals::Backoff;
-use shared::store::{RedisStore, Store};
+use shared::telegram::BotApi;
 use shared::Config;
 
 #[derive(Debug, thiserror::Error)]

@@ -14,9 +14,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use shared::botapi::BotApi;
+use shared::queue::Store;
 use shared::signals::Backoff;
-use shared::store::Store;
+use shared::telegram::BotApi;
 
 use crate::commands::{menu, CommandInfo};
 

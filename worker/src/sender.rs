@@ -13,8 +13,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use tracing::{info, warn};
 
-use shared::botapi::{BotApi, BotApiError, SEND_TIMEOUT};
-use shared::store::{Budget, SendBudget, StoreError};
+use shared::queue::{Budget, SendBudget, StoreError};
+use shared::telegram::{BotApi, BotApiError, SEND_TIMEOUT};
 
 use crate::metrics::Metrics;
 

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use shared::envelope::{probe, Enqueued};
 
-use shared::store::{ConsumerGroup, Coordination, Delivery, Intake, MemoryStore, Store};
+use shared::queue::{ConsumerGroup, Coordination, Delivery, Intake, MemoryStore, Store};
 use shared::Config;
 
 pub use fake_bot_api::{self, updates, Call, FakeBotApi, BOT_USERNAME};

@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
-use shared::botapi::BotApi;
 use shared::envelope::{probe, Enqueued, Entry, Probe};
-use shared::stats::{BotStats, UserRecord};
-use shared::store::{
+use shared::queue::{
     Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination, DeadLetterRequest,
     Delivery, Depth, Directory, Head, Intake, MemoryStore, OrphanReply, Read, SendBudget, Store,
     StoreError, StoreFuture,
 };
+use shared::stats::{BotStats, UserRecord};
+use shared::telegram::BotApi;
 use worker::consumer::{Consumer, Settings};
 use worker::dispatch::{Handled, Handler};
 use worker::metrics::Metrics;

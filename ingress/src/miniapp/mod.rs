@@ -29,8 +29,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use shared::config::BotToken;
+use shared::queue::Store;
 use shared::stats::{BotStats, UserRecord};
-use shared::store::Store;
 
 use self::initdata::WebAppUser;
 

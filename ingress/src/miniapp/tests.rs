@@ -62,7 +62,7 @@ async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &
 async fn serve(redis_url: &str, max_age: Duration) -> SocketAddr {
     let state = MiniAppState {
         store: std::sync::Arc::new(
-            shared::store::RedisStore::open(redis_url, shared::keys::Keys::default()).unwrap(),
+            shared::queue::RedisStore::open(redis_url, shared::keys::Keys::default()).unwrap(),
         ),
         token: BotToken::parse(v::TOKEN).unwrap(),
         max_age,

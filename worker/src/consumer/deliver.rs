@@ -10,8 +10,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn};
 
 use shared::envelope::{now_ms, Entry};
+use shared::queue::{Completion, DeadLetterRequest};
 use shared::signals::Backoff;
-use shared::store::{Completion, DeadLetterRequest};
 
 use super::{panic_message, Consumer};
 use crate::dispatch::Outcome;

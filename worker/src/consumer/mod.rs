@@ -54,7 +54,7 @@ mod reclaim;
 use crate::dispatch::Handler;
 use crate::metrics::Metrics;
 use crate::sender::Sender;
-use shared::store::{id_order, Store};
+use shared::queue::{id_order, Store};
 
 /// Claim periods without a sign of life after which a consumer name with
 /// nothing pending is removed (SPEC: "ten claim-idle periods").
@@ -229,7 +229,7 @@ impl Consumer {
                 .read_new(&self.settings.name, permits.len(), BLOCK.as_millis() as u64)
                 .await
             {
-                Ok(shared::store::Read {
+                Ok(shared::queue::Read {
                     entries,
                     unreadable: bad,
                 }) => {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use shared::store::id_order;
+use shared::queue::id_order;
 
 use super::{Consumer, Parked, PARK_POLL};
 
