@@ -71,7 +71,7 @@ mod tests {
         ];
         let hashes: std::collections::HashSet<&str> = all.iter().map(|s| s.get_hash()).collect();
         assert_eq!(hashes.len(), all.len());
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/store/lua");
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/queue/lua");
         let files = std::fs::read_dir(dir)
             .map(|d| {
                 d.flatten()
