@@ -1,6 +1,7 @@
 //! The bot this repository ships, and the engine's first user: written
 //! only against `worker`'s public API (a separate crate, so Cargo enforces
-//! it). Adding a command is one file under `commands/` plus one line below.
+//! it). Adding a command is one file under `commands/` plus its name in the
+//! list in `commands/mod.rs`.
 //!
 //! # Layout
 //!
@@ -13,7 +14,7 @@ pub mod commands;
 pub mod texts;
 
 use url::Url;
-use worker::{Bot, Description};
+use worker::Bot;
 
 /// What the handlers share: the Mini App's URL (`TELEGRAM_WEBAPP_URL`).
 pub struct App {
@@ -22,39 +23,19 @@ pub struct App {
 
 /// The shipped bot, ready to run.
 pub fn bot() -> Bot<App> {
-    Bot::from_config(|config| App {
+    let bot = Bot::from_config(|config| App {
         webapp_url: config.webapp_url.clone(),
-    })
-    .command(
-        "start",
-        Description::new("Start the bot").lang("ru", "Начать"),
-        commands::start::run,
-    )
-    .command(
-        "app",
-        Description::new("Open the Mini App").lang("ru", "Открыть мини-приложение"),
-        commands::app::run,
-    )
-    .command(
-        "stats",
-        Description::new("Statistics").lang("ru", "Статистика"),
-        commands::stats::run,
-    )
-    .command(
-        "help",
-        Description::new("List of commands").lang("ru", "Список команд"),
-        commands::help::run,
-    )
-    .on_callback_query(commands::stats::press)
-    // Counted, not answered (SPEC: edits, member changes...): received so
-    // the statistics and the user directory see them.
-    .receive(&[
-        "edited_message",
-        "channel_post",
-        "edited_channel_post",
-        "my_chat_member",
-        "chat_member",
-        "chat_join_request",
-        "message_reaction",
-    ])
+    });
+    commands::register(bot)
+        // Counted, not answered (SPEC: edits, member changes...): received
+        // so the statistics and the user directory see them.
+        .receive(&[
+            "edited_message",
+            "channel_post",
+            "edited_channel_post",
+            "my_chat_member",
+            "chat_member",
+            "chat_join_request",
+            "message_reaction",
+        ])
 }

@@ -4,10 +4,18 @@
 
 use serde_json::json;
 use worker::types::Message;
-use worker::{Ctx, HandlerError, Reply};
+use worker::{Bot, Ctx, Description, HandlerError, Reply};
 
 use crate::texts::{self, Lang};
 use crate::App;
+
+pub fn register(bot: Bot<App>) -> Bot<App> {
+    bot.command(
+        "app",
+        Description::new("Open the Mini App").lang("ru", "Открыть мини-приложение"),
+        run,
+    )
+}
 
 pub async fn run(ctx: Ctx<App>, _msg: Message) -> Result<Reply, HandlerError> {
     let lang = Lang::of(&ctx);

@@ -8,7 +8,7 @@
 //! a redelivered `/start` does not turn a newcomer into a returning user.
 
 use worker::types::Message;
-use worker::{Ctx, HandlerError, Reply};
+use worker::{Bot, Ctx, Description, HandlerError, Reply};
 
 use crate::texts::{self, Lang};
 use crate::App;
@@ -21,6 +21,14 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+pub fn register(bot: Bot<App>) -> Bot<App> {
+    bot.command(
+        "start",
+        Description::new("Start the bot").lang("ru", "Начать"),
+        run,
+    )
 }
 
 pub async fn run(ctx: Ctx<App>, msg: Message) -> Result<Reply, HandlerError> {

@@ -4,13 +4,22 @@
 
 use serde_json::json;
 use worker::types::{CallbackQuery, Message};
-use worker::{Ctx, HandlerError, Reply};
+use worker::{Bot, Ctx, Description, HandlerError, Reply};
 
 use crate::texts::{self, Lang};
 use crate::App;
 
 /// The Refresh button's callback data.
 pub const REFRESH: &str = "stats:refresh";
+
+pub fn register(bot: Bot<App>) -> Bot<App> {
+    bot.command(
+        "stats",
+        Description::new("Statistics").lang("ru", "Статистика"),
+        run,
+    )
+        .on_callback_query(press)
+}
 
 pub async fn run(ctx: Ctx<App>, _msg: Message) -> Result<Reply, HandlerError> {
     let lang = Lang::of(&ctx);
