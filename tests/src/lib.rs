@@ -59,3 +59,36 @@ pub fn inline_buttons(params: &serde_json::Value) -> Vec<serde_json::Value> {
         .flat_map(|row| row.as_array().cloned().unwrap_or_default())
         .collect()
 }
+
+/// The successful setWebhook calls that registered the webhook, not
+/// counting those that only brought `allowed_updates` in line with the
+/// workers' bot (same URL, secret and settings as the call before, other
+/// update kinds, no deleteWebhook in between): when that happens depends on
+/// whether the ingress or the worker started first, so tests that count
+/// registrations skip them.
+pub fn webhook_registrations(api: &FakeBotApi) -> usize {
+    let mut n = 0;
+    let mut prev: Option<(serde_json::Value, serde_json::Value)> = None;
+    for c in api.calls().into_iter().filter(|c| c.ok()) {
+        if c.method == "deleteWebhook" {
+            prev = None;
+            continue;
+        }
+        if c.method != "setWebhook" {
+            continue;
+        }
+        let mut rest = c.params.clone();
+        let kinds = rest
+            .as_object_mut()
+            .and_then(|o| o.remove("allowed_updates"))
+            .unwrap_or_default();
+        let kinds_only = prev
+            .as_ref()
+            .is_some_and(|(r, k)| *r == rest && *k != kinds);
+        if !kinds_only {
+            n += 1;
+        }
+        prev = Some((rest, kinds));
+    }
+    n
+}

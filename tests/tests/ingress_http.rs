@@ -285,7 +285,7 @@ async fn second_replica_does_not_register_again() {
         return;
     };
     wait_registered(&s).await;
-    assert_eq!(s.api.count("setWebhook"), 1);
+    assert_eq!(e2e::webhook_registrations(&s.api), 1);
     let calls_before = s.api.calls().len();
 
     let port = e2e::harness::free_port();
@@ -300,7 +300,7 @@ async fn second_replica_does_not_register_again() {
         .map(|c| c.method.clone())
         .collect();
     assert_eq!(
-        s.api.count("setWebhook"),
+        e2e::webhook_registrations(&s.api),
         1,
         "the second replica called setWebhook again (calls since it started: {started_calls:?})\n{}",
         second.logs_tail()
