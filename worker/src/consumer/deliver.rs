@@ -160,54 +160,20 @@ impl Consumer {
         self.wake.notify_one();
     }
 
-    /// Runs the finish script until it succeeds. A reply already went out,
-    /// so there is no safe way to give up: an entry released without its
-    /// finish is reclaimed and, its done bit unset, answered again. Until
-    /// then the entry stays in flight here - the heartbeat keeps it from
-    /// being reclaimed, the handler slot stays taken (a Redis that cannot
-    /// finish entries gets no new ones from this worker) - and a shutdown
-    /// leaves it pending after the grace period, like a crash would. Each
-    /// try is bounded by the store's command timeout; the waits between
-    /// tries are short, to finish soon after Redis is back and before any
-    /// other worker could reclaim the entry. Returns whether the update was
-    /// fresh (not handled before) and its chat's next entry.
+    /// Runs the finish script until it succeeds. Giving up is never safe:
+    /// an entry released without its finish is reclaimed and, its done bit
+    /// unset, handled again. Until then the entry stays in flight here -
+    /// the heartbeat keeps it from being reclaimed, the handler slot stays
+    /// taken (a Redis that cannot finish entries gets no new ones from this
+    /// worker) - and a shutdown leaves it pending after the grace period,
+    /// like a crash would. Returns whether the update was fresh (not
+    /// handled before) and its chat's next entry.
     pub(super) async fn finish(
         &self,
         entry: &Entry,
         done: Completion<'_>,
     ) -> (bool, Option<String>) {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
-        let started = Instant::now();
-        let mut next_report = Duration::from_secs(60);
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            match self.store.finish(entry, done).await {
-                Ok(fresh) => {
-                    if started.elapsed() >= Duration::from_secs(60) {
-                        info!(
-                            waited_s = started.elapsed().as_secs(),
-                            "marked the update handled at last"
-                        );
-                    }
-                    return fresh;
-                }
-                Err(e) if started.elapsed() < next_report => {
-                    // Once per entry and then once a minute: a long refusal
-                    // must not flood the log with a line per retry.
-                    if tries == 1 {
-                        warn!(error = %e, "could not mark the update handled; retrying");
-                    } else {
-                        debug!(error = %e, "could not mark the update handled; retrying");
-                    }
-                }
-                Err(e) => {
-                    next_report += Duration::from_secs(60);
-                    error!(error = %e, waited_s = started.elapsed().as_secs(), "still cannot mark the update handled; holding it (never answered twice) and retrying");
-                }
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
+        until_stored("mark the update handled", || self.store.finish(entry, done)).await
     }
 
     pub(super) async fn dead_letter(&self, entry: &Entry, reason: &str, deliveries: u64) {
@@ -307,28 +273,7 @@ impl Consumer {
     /// again, so the reply stays in flight here (the heartbeat renews its
     /// lease) for as long as Redis refuses writes, as the finish does.
     async fn reply_sent(&self, id: &str, key: &str) {
-        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
-        let started = Instant::now();
-        let mut next_report = Duration::from_secs(60);
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            match self.store.reply_sent(id, key).await {
-                Ok(_) => return,
-                Err(e) if started.elapsed() < next_report => {
-                    if tries == 1 {
-                        warn!(error = %e, "could not mark the reply sent; retrying");
-                    } else {
-                        debug!(error = %e, "could not mark the reply sent; retrying");
-                    }
-                }
-                Err(e) => {
-                    next_report += Duration::from_secs(60);
-                    error!(error = %e, waited_s = started.elapsed().as_secs(), "still cannot mark the reply sent; holding it (never sent twice) and retrying");
-                }
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
+        until_stored("mark the reply sent", || self.store.reply_sent(id, key)).await;
     }
 
     pub(super) async fn dead_letter_kept(
@@ -356,5 +301,48 @@ impl Consumer {
         } else {
             self.metrics.dead_lettered.inc();
         }
+    }
+}
+
+/// Runs a store step that must happen once what it records has happened
+/// (a reply went out), until Redis takes it. Each try is bounded by the
+/// store's command timeout; the waits between tries are short, to be done
+/// soon after Redis is back and before any other worker could take the
+/// work over. Logged once, then once a minute: a long refusal must not
+/// flood the log with a line per retry.
+async fn until_stored<T, F, Fut>(what: &str, mut step: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, shared::queue::StoreError>>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    let started = Instant::now();
+    let mut next_report = Duration::from_secs(60);
+    let mut tries = 0u32;
+    loop {
+        tries += 1;
+        match step().await {
+            Ok(v) => {
+                if started.elapsed() >= Duration::from_secs(60) {
+                    info!(
+                        waited_s = started.elapsed().as_secs(),
+                        "could {what} at last"
+                    );
+                }
+                return v;
+            }
+            Err(e) if started.elapsed() < next_report => {
+                if tries == 1 {
+                    warn!(error = %e, "could not {what}; retrying");
+                } else {
+                    debug!(error = %e, "could not {what}; retrying");
+                }
+            }
+            Err(e) => {
+                next_report += Duration::from_secs(60);
+                error!(error = %e, waited_s = started.elapsed().as_secs(), "still cannot {what}; holding it (never done twice) and retrying");
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
