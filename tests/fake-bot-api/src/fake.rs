@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use crate::faults::Faults;
+use crate::limits::Limits;
 use crate::record::{Call, WebhookState};
 use crate::server::{handle, lock, AbortOnDrop, Inner, PollState, UpdateQueue};
 use crate::spec::spec;
@@ -50,6 +51,7 @@ impl FakeBotApi {
             blocked_until: Mutex::new(HashMap::new()),
             windows: Mutex::new(Vec::new()),
             early: Mutex::new(Vec::new()),
+            limits: Mutex::new(Limits::default()),
             updates: Mutex::new(UpdateQueue {
                 items: VecDeque::new(),
                 next_id: 700_000_000,
@@ -171,9 +173,11 @@ impl FakeBotApi {
         .await
     }
 
-    /// Forgets recorded calls, violations, 429 windows and early retries
-    /// (not the webhook, the commands or the update queue).
+    /// Forgets recorded calls, violations, 429 windows and early retries,
+    /// and lifts the chat and bot-wide limits with their records (not the
+    /// webhook, the commands or the update queue).
     pub fn reset(&self) {
+        self.inner.reset_limits();
         lock(&self.inner.calls).clear();
         lock(&self.inner.violations).clear();
         lock(&self.inner.windows).clear();

@@ -156,7 +156,10 @@ impl FakeBotApi {
         self.faults(|f| f.server_error_replies.insert((chat_id, message_id)));
     }
 
+    /// Back to no faults, the chat and bot-wide limits lifted too (their
+    /// records stay until [`FakeBotApi::reset`]).
     pub fn clear_faults(&self) {
+        self.inner.lift_limits();
         self.faults(|f| *f = Faults::default());
     }
 

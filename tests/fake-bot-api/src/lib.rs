@@ -18,7 +18,9 @@
 //!   command names for setMyCommands, webhook URL rules and setWebhook's
 //!   one-per-second limit.
 //! - Scriptable faults (429 with `retry_after`, 403 blocked, 400 chat not
-//!   found, 500/502, delays, getMe failures) through [`Faults`].
+//!   found, 500/502, delays, getMe failures) through [`Faults`], and
+//!   Telegram's flood limits - a chat in flood wait, a bot-wide 429 window -
+//!   through [`limits`].
 //! - Every call is recorded ([`Call`]) with its parsed parameters, arrival
 //!   time and the HTTP status it got.
 //!
@@ -33,6 +35,8 @@
 //!
 //! - [`fake`]: the handle tests hold ([`FakeBotApi`]): start, records, state;
 //! - [`faults`]: [`Faults`] and the methods that script them;
+//! - [`limits`]: per-chat and bot-wide 429s and what reached the fake
+//!   while they held;
 //! - [`record`]: what is remembered ([`Call`], 429 windows, early retries,
 //!   the webhook);
 //! - `server`: the axum handler - parse, check, delay, record, answer;
@@ -46,6 +50,7 @@
 
 pub mod fake;
 pub mod faults;
+pub mod limits;
 mod methods;
 mod params;
 mod polling;
@@ -57,7 +62,8 @@ pub mod updates;
 
 pub use fake::FakeBotApi;
 pub use faults::Faults;
-pub use record::{Call, EarlyRetry, RateLimitWindow, WebhookState};
+pub use limits::is_send_like;
+pub use record::{BotRateLimit, Call, EarlyRetry, LimitedSend, RateLimitWindow, WebhookState};
 pub use rules::{check_html, check_markdown_v2};
 pub use spec::{spec, spec_path, Field, MethodSpec, Spec, SPEC_PATH};
 

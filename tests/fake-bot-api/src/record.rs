@@ -1,6 +1,7 @@
 //! What the fake remembers: every call with its parameters and answer,
-//! the 429 windows it opened and the retries that came too early, and the
-//! webhook setWebhook stored.
+//! the 429 windows it opened and the retries that came too early, the
+//! bot-wide limits and the sends that met them, and the webhook setWebhook
+//! stored.
 
 use std::time::{Duration, Instant};
 
@@ -63,7 +64,9 @@ pub struct RateLimitWindow {
     pub allowed_at: Instant,
 }
 
-/// A sendMessage that arrived for a chat before its 429 window ended.
+/// A call that arrived for a chat before its 429 window ended: a
+/// sendMessage after a scripted 429 (`rate_limit_every`, ...), or any call
+/// the chat and bot-wide limits ([`crate::limits`]) would have refused.
 #[derive(Debug, Clone)]
 pub struct EarlyRetry {
     pub chat: String,
@@ -76,6 +79,39 @@ impl EarlyRetry {
     pub fn early_by(&self) -> Duration {
         self.allowed_at.saturating_duration_since(self.at)
     }
+}
+
+/// A bot-wide limit opened by [`FakeBotApi::rate_limit_all_for`]: every
+/// send-like call arriving in `from..until` was answered 429.
+///
+/// [`FakeBotApi::rate_limit_all_for`]: crate::FakeBotApi::rate_limit_all_for
+#[derive(Debug, Clone)]
+pub struct BotRateLimit {
+    pub from: Instant,
+    pub until: Instant,
+    /// The `retry_after` every 429 in the window carried, seconds.
+    pub retry_after: u64,
+    /// Arrival of the first call answered 429 in the window: where a
+    /// client's backing off starts to be measurable.
+    pub first_429: Option<Instant>,
+}
+
+impl BotRateLimit {
+    pub fn covers(&self, at: Instant) -> bool {
+        self.from <= at && at < self.until
+    }
+}
+
+/// A send-like call that reached the fake during a bot-wide limit (and was
+/// answered 429).
+#[derive(Debug, Clone)]
+pub struct LimitedSend {
+    /// Arrival, the same instant as the call's [`Call::at`].
+    pub at: Instant,
+    /// `chat_id` as a number; `None` for `@username` chats or calls that
+    /// name no chat (an inline message's edit).
+    pub chat: Option<i64>,
+    pub method: String,
 }
 
 /// What setWebhook stored.

@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 
 use crate::faults::Faults;
+use crate::limits::Limits;
 use crate::params::{parse_params, validate};
 use crate::record::{chat_i64, Call, EarlyRetry, RateLimitWindow, WebhookState};
 use crate::spec::Spec;
@@ -46,6 +47,7 @@ pub(crate) struct Inner {
     pub(crate) blocked_until: Mutex<HashMap<String, Instant>>,
     pub(crate) windows: Mutex<Vec<RateLimitWindow>>,
     pub(crate) early: Mutex<Vec<EarlyRetry>>,
+    pub(crate) limits: Mutex<Limits>,
     pub(crate) updates: Mutex<UpdateQueue>,
     pub(crate) poll: Mutex<PollState>,
     pub(crate) poll_notify: Notify,
@@ -152,7 +154,7 @@ pub(crate) async fn handle(
 ) -> Response {
     let at = Instant::now();
     let path = uri.path().to_owned();
-    let (method_name, answer, params) = route(&st, &path, &uri, &headers, &body).await;
+    let (method_name, answer, params) = route(&st, at, &path, &uri, &headers, &body).await;
     let status = answer.status();
     let body_json = answer.body();
     // Decided before the record: the call is carried out (recorded) even
@@ -213,6 +215,7 @@ pub(crate) async fn handle(
 
 async fn route(
     st: &Arc<Inner>,
+    at: Instant,
     path: &str,
     uri: &Uri,
     headers: &HeaderMap,
@@ -256,6 +259,14 @@ async fn route(
             return (m.name.clone(), err(400, format!("Bad Request: {e}")), raw);
         }
     };
+    if let Some(answer) = st.check_limits(&m.name, &params, at) {
+        // A flood answer skips the other faults but not the network delay.
+        let delay = lock(&st.faults).delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        return (m.name.clone(), answer, params);
+    }
     let (delay, jitter, stall) = {
         let mut f = lock(&st.faults);
         let chat = params.get("chat_id").and_then(chat_i64);
