@@ -30,6 +30,7 @@ pub const RETRY_AFTER_SECS: u64 = 5;
 
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    pub lanes: Arc<crate::lanes::Lanes>,
     /// `None` when the bot is disabled: the webhook path then answers 404.
     pub secret: Option<String>,
     pub metrics: Arc<Metrics>,
@@ -119,7 +120,11 @@ async fn webhook(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body
     };
     let span = tracing::info_span!("update", update_id = probe.update_id);
     async move {
-        match st.store.enqueue(&probe, &bytes).await {
+        match st
+            .store
+            .enqueue(&probe, st.lanes.lane(probe.kind), &bytes)
+            .await
+        {
             Ok(Enqueued::Stored(id)) => {
                 st.metrics.enqueued.inc();
                 debug!(entry = %id, "update stored");
@@ -168,7 +173,12 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(1), st.store.depth()).await {
+    if let Ok(Ok(d)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        st.store.depth(shared::queue::Lane::Ordinary),
+    )
+    .await
+    {
         st.metrics.queue_depth.set(d.length as i64);
     }
     (

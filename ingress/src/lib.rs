@@ -9,7 +9,8 @@
 //! An update's path: [`server`] accepts connections with bounded header,
 //! body, idle and drain times; [`http`] checks the secret and the body and
 //! enqueues (200 only once stored), and serves the health endpoints;
-//! [`metrics`] counts. Alongside: [`registration`] sets and watches the
+//! [`metrics`] counts; [`lanes`] picks the fast lane for updates with a
+//! deadline. Alongside: [`registration`] sets and watches the
 //! webhook once per configuration change, [`poller`] is the single leased
 //! `getUpdates` loop when no public URL exists, [`miniapp`] is the optional
 //! Mini App (page and initData-checked `/api/me`), and [`cli`] holds
@@ -17,6 +18,7 @@
 
 pub mod cli;
 pub mod http;
+pub mod lanes;
 pub mod metrics;
 pub mod miniapp;
 pub mod poller;
@@ -93,8 +95,11 @@ pub async fn serve_with(
         })?;
     info!("listening on {}", config.listen);
 
+    let lanes = Arc::new(lanes::Lanes::default());
+    lanes.spawn_refresh(store.clone(), cancel.clone());
     let state = Arc::new(http::AppState {
         store: store.clone(),
+        lanes: lanes.clone(),
         secret: (!config.disabled).then(|| config.webhook_secret.clone()),
         metrics: Arc::new(metrics::Metrics::default()),
     });
@@ -145,6 +150,7 @@ pub async fn serve_with(
                             let poller = poller::Poller {
                                 api: api.clone(),
                                 store: store.clone(),
+                                lanes,
                                 metrics,
                                 instance: cfg.instance.to_string(),
                             };

@@ -38,6 +38,7 @@ const PAUSED_CHECK: Duration = Duration::from_secs(5);
 pub struct Poller {
     pub api: BotApi,
     pub store: Arc<dyn Store>,
+    pub lanes: Arc<crate::lanes::Lanes>,
     pub metrics: Arc<Metrics>,
     pub instance: String,
 }
@@ -163,7 +164,11 @@ impl Poller {
                         continue;
                     }
                 };
-                match self.store.enqueue(&probe, &raw).await {
+                match self
+                    .store
+                    .enqueue(&probe, self.lanes.lane(probe.kind), &raw)
+                    .await
+                {
                     Ok(Enqueued::Stored(_)) => {
                         self.metrics.enqueued.inc();
                     }

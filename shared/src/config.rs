@@ -110,6 +110,8 @@ pub struct Config {
     pub initdata_max_age: Duration,
     /// Keep each chat's updates in acceptance order across workers.
     pub per_chat_order: bool,
+    /// Fast-lane deadlines per kind (`WORKER_DEADLINES` over the defaults).
+    pub deadlines: crate::queue::Deadlines,
     /// This process's identity (consumer name, leases, locks); the
     /// all-in-one's ingress and worker share it.
     pub instance: crate::instance::Instance,
@@ -331,8 +333,13 @@ impl Config {
             Some(_) => return Err(invalid("WORKER_ORDERING", "must be chat or none")),
         };
 
+        let deadlines =
+            crate::queue::Deadlines::parse(get("WORKER_DEADLINES").as_deref().unwrap_or(""))
+                .map_err(|e| invalid("WORKER_DEADLINES", e.to_string()))?;
+
         Ok(Self {
             per_chat_order,
+            deadlines,
             instance: crate::instance::Instance::new(),
             token: if disabled { None } else { token },
             disabled,
@@ -529,6 +536,12 @@ mod tests {
         assert!(e.to_string().contains("PORT"));
         let e = cfg(&[("TELEGRAM_BOT_TOKEN", TOKEN), ("WORKER_CONCURRENCY", "0")]).unwrap_err();
         assert!(e.to_string().contains("WORKER_CONCURRENCY"));
+        let e = cfg(&[
+            ("TELEGRAM_BOT_TOKEN", TOKEN),
+            ("WORKER_DEADLINES", "callback_query"),
+        ])
+        .unwrap_err();
+        assert!(e.to_string().contains("WORKER_DEADLINES"), "{e}");
     }
 
     #[test]

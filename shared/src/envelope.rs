@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use crate::keys::{self, Keys};
 use crate::queue::scripts::scripts;
+use crate::queue::Lane;
 
 pub const F_UPDATE_ID: &str = "update_id";
 pub const F_RECEIVED_AT: &str = "received_at";
@@ -37,6 +38,9 @@ pub struct Probe {
     pub update_id: i64,
     /// Updates with the same key are one conversation (see worker ordering).
     pub key: String,
+    /// The update's kind (`message`, `callback_query`...; `unknown` for
+    /// one this version does not know): it picks the lane.
+    pub kind: &'static str,
 }
 
 #[derive(Deserialize)]
@@ -78,6 +82,9 @@ struct RawUpdate {
     pre_checkout_query: Option<HasChat>,
     purchased_paid_media: Option<HasChat>,
     poll_answer: Option<HasChat>,
+    poll: Option<IgnoredAny>,
+    business_connection: Option<IgnoredAny>,
+    deleted_business_messages: Option<IgnoredAny>,
 }
 
 /// The fallback when an update's known parts have an unexpected shape: it
@@ -120,13 +127,60 @@ pub fn probe(body: &[u8]) -> Result<Probe, BadUpdate> {
             return Ok(Probe {
                 update_id: int_id(min.update_id.as_ref())?,
                 key: String::new(),
+                kind: "unknown",
             });
         }
     };
     Ok(Probe {
         update_id: int_id(raw.update_id.as_ref())?,
         key: order_key(&raw),
+        kind: kind_of(&raw),
     })
+}
+
+/// The update's kind: the one field besides `update_id` Telegram sets.
+fn kind_of(u: &RawUpdate) -> &'static str {
+    let chat_like = [
+        ("message", &u.message),
+        ("edited_message", &u.edited_message),
+        ("channel_post", &u.channel_post),
+        ("edited_channel_post", &u.edited_channel_post),
+        ("business_message", &u.business_message),
+        ("edited_business_message", &u.edited_business_message),
+        ("message_reaction", &u.message_reaction),
+        ("message_reaction_count", &u.message_reaction_count),
+        ("my_chat_member", &u.my_chat_member),
+        ("chat_member", &u.chat_member),
+        ("chat_join_request", &u.chat_join_request),
+        ("chat_boost", &u.chat_boost),
+        ("removed_chat_boost", &u.removed_chat_boost),
+        ("inline_query", &u.inline_query),
+        ("chosen_inline_result", &u.chosen_inline_result),
+        ("shipping_query", &u.shipping_query),
+        ("pre_checkout_query", &u.pre_checkout_query),
+        ("purchased_paid_media", &u.purchased_paid_media),
+        ("poll_answer", &u.poll_answer),
+    ];
+    if let Some((k, _)) = chat_like.iter().find(|(_, v)| v.is_some()) {
+        return k;
+    }
+    if u.callback_query.is_some() {
+        "callback_query"
+    } else if u.poll.is_some() {
+        "poll"
+    } else if u.business_connection.is_some() {
+        "business_connection"
+    } else if u.deleted_business_messages.is_some() {
+        "deleted_business_messages"
+    } else {
+        "unknown"
+    }
+}
+
+/// The kind of a stored update (the worker reads it only for the fast
+/// lane, where deadlines depend on it).
+pub fn kind(body: &[u8]) -> &'static str {
+    probe(body).map(|p| p.kind).unwrap_or("unknown")
 }
 
 fn int_id(v: Option<&serde_json::Value>) -> Result<i64, BadUpdate> {
@@ -236,31 +290,37 @@ impl NewEntry<'_> {
 
 /// Stores the update, marks its id as seen and appends it to its
 /// conversation's order list, in one atomic step (`lua/enqueue.lua`).
-/// Returns only once Redis has confirmed the write.
+/// Returns only once Redis has confirmed the write. A fast-lane update
+/// joins no order list: it waits for none of its chat's messages.
 pub async fn enqueue(
     conn: &mut ConnectionManager,
     keys: &Keys,
     probe: &Probe,
+    lane: Lane,
     raw: &[u8],
 ) -> redis::RedisResult<Enqueued> {
     let seen = keys.seen(probe.update_id);
+    let (stream, key) = match lane {
+        Lane::Ordinary => (keys.stream(), probe.key.as_str()),
+        Lane::Fast => (keys.fast_stream(), ""),
+    };
     let mut inv = scripts().enqueue.prepare_invoke();
-    inv.key(keys.stream())
+    inv.key(stream)
         .key(&seen.key)
-        .key(keys.order(&probe.key))
+        .key(keys.order(key))
         .arg(keys::SEEN_TTL_SECS)
         .arg(seen.bit)
-        .arg(&probe.key);
+        .arg(key);
     NewEntry {
         update_id: Some(probe.update_id),
         received_at_ms: now_ms(),
-        key: &probe.key,
+        key,
         update: raw,
     }
     .push_fields(&mut inv);
     let id: Option<String> = inv.invoke_async(conn).await?;
     Ok(match id {
-        Some(id) => Enqueued::Stored(id),
+        Some(id) => Enqueued::Stored(lane.tag(&id)),
         None => Enqueued::Duplicate,
     })
 }
@@ -268,11 +328,13 @@ pub async fn enqueue(
 /// A stream entry as the worker sees it.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// Tagged with its lane ([`Lane::tag`]).
     pub id: String,
     pub update_id: i64,
     pub received_at_ms: i64,
     pub key: String,
     pub update: Vec<u8>,
+    pub lane: Lane,
 }
 
 impl Entry {
@@ -300,6 +362,7 @@ impl Entry {
                 .unwrap_or_default(),
             update,
             id,
+            lane: Lane::Ordinary,
         })
     }
 }
@@ -315,14 +378,20 @@ mod tests {
             p,
             Probe {
                 update_id: 5,
-                key: "c-100".into()
+                key: "c-100".into(),
+                kind: "message",
             }
         );
         let p =
             probe(br#"{"update_id": 6, "inline_query": {"id":"x", "from": {"id": 7}}}"#).unwrap();
         assert_eq!(p.key, "u7");
+        assert_eq!(p.kind, "inline_query");
+        let cb = br#"{"update_id": 8, "callback_query": {"id":"x", "from": {"id": 7}}}"#;
+        assert_eq!(kind(cb), "callback_query");
+        assert_eq!(kind(br#"{"update_id": 8, "poll": {"id":"x"}}"#), "poll");
         let p = probe(br#"{"update_id": 7, "something_new": {"x": 1}}"#).unwrap();
         assert_eq!(p.key, "");
+        assert_eq!(p.kind, "unknown");
     }
 
     /// The one writer of the layout and its reader agree, also for a

@@ -105,6 +105,21 @@ impl Keys {
         self.name("updates")
     }
 
+    /// The fast lane: updates with a deadline (callback and inline
+    /// queries, payments, kinds a bot marks urgent), read by every worker
+    /// before the ordinary backlog. Its entry ids are tagged
+    /// ([`crate::queue::Lane::tag`]) wherever they leave the stream, since
+    /// two streams can hand out the same id.
+    pub fn fast_stream(&self) -> String {
+        self.name("updates:fast")
+    }
+
+    /// Update kinds the workers' bot marks urgent beyond the defaults
+    /// (comma-separated), published by the workers for the ingress.
+    pub fn urgent_kinds(&self) -> String {
+        self.name("urgent-kinds")
+    }
+
     /// Dead letters: entries that failed `WORKER_MAX_DELIVERIES` times.
     pub fn dead(&self) -> String {
         self.name("dead")
@@ -176,6 +191,13 @@ impl Keys {
         self.name("replies:due")
     }
 
+    /// Kept replies waiting out a long `retry_after` or pause (sorted set:
+    /// entry id -> due ms), for the operator's view; [`Keys::replies_due`]
+    /// is what brings them back.
+    pub fn replies_delayed(&self) -> String {
+        self.name("replies:delayed")
+    }
+
     /// A bot's own hash, written through exactly-once writes (`ctx.incr` ...).
     pub fn kv(&self, hash: &str) -> String {
         self.name(&format!("kv:{hash}"))
@@ -236,6 +258,23 @@ impl Keys {
     pub fn rate_chat(&self, chat_id: i64) -> String {
         self.name(&format!("rate:chat:{chat_id}"))
     }
+
+    /// Pauses Telegram asked for (429 `retry_after`): the whole bot, or one
+    /// chat. Plain keys with a time to live: the pause is over when the key
+    /// is gone.
+    pub fn pause_bot(&self) -> String {
+        self.name("pause:bot")
+    }
+
+    pub fn pause_chat(&self, chat_id: i64) -> String {
+        self.name(&format!("pause:chat:{chat_id}"))
+    }
+
+    /// Recent 429s (sorted set: chat id -> ms): several chats refused at
+    /// once mean the bot's limit, not a chat's.
+    pub fn recent_429s(&self) -> String {
+        self.name("rate:429s")
+    }
 }
 
 #[cfg(test)]
@@ -266,6 +305,8 @@ mod tests {
         assert_eq!(k.write_probe(), "tgbot:write-probe");
         assert_eq!(k.rate_global(), "tgbot:rate:global");
         assert_eq!(k.rate_chat(-100), "tgbot:rate:chat:-100");
+        assert_eq!(k.fast_stream(), "tgbot:updates:fast");
+        assert_eq!(k.pause_chat(5), "tgbot:pause:chat:5");
         assert_eq!(k.done(1).key, "tgbot:done-bits:0");
         assert_eq!(Keys::new(DEFAULT_PREFIX), Ok(k));
     }

@@ -17,7 +17,7 @@ const T: Duration = Duration::from_secs(30);
 async fn store_raw(s: &Stack, shape: &[u8], raw: &[u8]) {
     let store = RedisStore::open(&s.redis.url(), shared::keys::Keys::default()).expect("redis url");
     let p = probe(shape).expect("an update the ingress's probe accepts");
-    tokio::time::timeout(T, store.enqueue(&p, raw))
+    tokio::time::timeout(T, store.enqueue(&p, shared::queue::Lane::Ordinary, raw))
         .await
         .expect("enqueue in time")
         .expect("enqueue");

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use shared::envelope::{now_ms, NewEntry};
 use shared::keys::{self, Keys};
+use shared::queue::Lane;
 
 use crate::human;
 
@@ -48,6 +49,24 @@ pub struct QueueStats {
     pub oldest_pending_ms: Option<u64>,
     pub consumers: Vec<ConsumerStats>,
     pub dead_letters: u64,
+    /// Each lane's stream (`ordinary`: the fields above; `fast`: updates
+    /// with a deadline).
+    pub lanes: Vec<LaneStats>,
+    /// Replies waiting out a 429 or pause, and when the first is due (ms
+    /// since epoch).
+    pub delayed_replies: u64,
+    pub next_due_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LaneStats {
+    pub lane: &'static str,
+    pub stream: String,
+    pub length: u64,
+    pub lag: u64,
+    pub pending: u64,
+    /// Age of the oldest entry not yet ended.
+    pub oldest_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -99,6 +118,19 @@ pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisRes
         .arg(keys.stream())
         .query_async(conn)
         .await?;
+    let mut lanes = Vec::new();
+    for lane in Lane::ALL {
+        let d = stream::depth(conn, keys, lane).await?;
+        lanes.push(LaneStats {
+            lane: lane.label(),
+            stream: stream::lane_stream(keys, lane),
+            length: d.length,
+            lag: d.lag,
+            pending: d.pending,
+            oldest_ms: d.oldest_age_ms,
+        });
+    }
+    let (delayed_replies, next_due_ms) = stream::delayed_replies(conn, keys).await?;
     if !exists {
         return Ok(QueueStats {
             redis: String::new(),
@@ -109,6 +141,9 @@ pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisRes
             oldest_pending_ms: None,
             consumers: vec![],
             dead_letters,
+            lanes,
+            delayed_replies,
+            next_due_ms,
         });
     }
     let mut consumers = match stream::consumers(conn, keys).await {
@@ -117,8 +152,9 @@ pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisRes
         Err(e) => return Err(e),
     };
     stream::fill_alive(conn, keys, &mut consumers).await?;
-    let lag = stream::depth(conn, keys).await?.lag;
-    let pending: u64 = consumers.iter().map(|c| c.pending).sum();
+    let ordinary = lanes.iter().find(|l| l.lane == Lane::Ordinary.label());
+    let lag = ordinary.map_or(0, |l| l.lag);
+    let pending = ordinary.map_or(0, |l| l.pending);
     let oldest_pending_ms = if pending > 0 {
         let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(keys.stream())
@@ -153,6 +189,9 @@ pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisRes
             })
             .collect(),
         dead_letters,
+        lanes,
+        delayed_replies,
+        next_due_ms,
     })
 }
 
@@ -221,6 +260,38 @@ pub fn render_stats(s: &QueueStats) -> String {
         }
     }
     let _ = writeln!(out, "Dead letters:  {}", s.dead_letters);
+    for l in &s.lanes {
+        let _ = writeln!(
+            out,
+            "Lane {:<9} {} entries ({} not yet delivered, {} in flight), oldest {}",
+            l.lane,
+            l.length,
+            l.lag,
+            l.pending,
+            if l.length == 0 {
+                "-".to_owned()
+            } else {
+                format!("{} old", human::duration_ms(l.oldest_ms))
+            },
+        );
+    }
+    match s.next_due_ms {
+        Some(due) => {
+            let _ = writeln!(
+                out,
+                "Delayed:       {} replies waiting out a 429, next due {} ({})",
+                s.delayed_replies,
+                match due - now_ms() {
+                    d if d > 0 => format!("in {}", human::duration_ms(d as u64)),
+                    _ => "now".to_owned(),
+                },
+                human::utc_ms(due),
+            );
+        }
+        None => {
+            let _ = writeln!(out, "Delayed:       0 replies");
+        }
+    }
     let _ = writeln!(out, "Consumers:     {}", s.consumers.len());
     for c in &s.consumers {
         let state = match (c.alive, c.renewed_ms_ago) {
@@ -376,8 +447,28 @@ mod tests {
                 },
             ],
             dead_letters: 0,
+            lanes: vec![LaneStats {
+                lane: "fast",
+                stream: "s:fast".into(),
+                length: 2,
+                lag: 2,
+                pending: 0,
+                oldest_ms: 1_500,
+            }],
+            delayed_replies: 1,
+            next_due_ms: Some(now_ms() + 3_030_000),
         };
         let out = render_stats(&s);
+        assert!(
+            out.contains(
+                "Lane fast      2 entries (2 not yet delivered, 0 in flight), oldest 1.5 s old"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains("Delayed:       1 replies waiting out a 429, next due in 50 min"),
+            "{out}"
+        );
         assert!(
             out.contains("Redis:         redis://:***@10.0.0.5:6379"),
             "{out}"

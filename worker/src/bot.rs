@@ -74,6 +74,8 @@ pub(crate) struct Handlers<S> {
     pub(crate) on_unparsed: Option<HandlerFn<S, ()>>,
     /// Kinds received without a handler (counted, the sender recorded).
     pub(crate) received: Vec<String>,
+    /// Kinds the bot marked urgent beyond the defaults, with deadlines.
+    pub(crate) urgent: Vec<(String, std::time::Duration)>,
 }
 
 impl<S: Send + Sync + 'static> Bot<S> {
@@ -98,6 +100,7 @@ impl<S: Send + Sync + 'static> Bot<S> {
                 on_kind: Vec::new(),
                 on_unparsed: None,
                 received: Vec::new(),
+                urgent: Vec::new(),
             },
         }
     }
@@ -187,6 +190,17 @@ impl<S: Send + Sync + 'static> Bot<S> {
         self.handlers
             .received
             .extend(kinds.iter().map(|k| k.to_string()));
+        self
+    }
+
+    /// Marks an update kind urgent: it takes the fast lane (read before
+    /// the ordinary backlog, not held behind its chat's messages) and ends
+    /// `expired`, unanswered, once older than `deadline`. Callback and
+    /// inline queries, chosen inline results, shipping and pre-checkout
+    /// queries are urgent already (README, "Deadlines"); this sets the
+    /// deadline of any other kind. `WORKER_DEADLINES` overrides both.
+    pub fn urgent(mut self, kind: &str, deadline: std::time::Duration) -> Self {
+        self.handlers.urgent.push((kind.to_owned(), deadline));
         self
     }
 

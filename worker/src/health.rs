@@ -9,10 +9,10 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use shared::queue::Store;
+use shared::queue::{Lane, Store};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::{LaneLabel, Metrics};
 
 struct HealthState {
     metrics: Arc<Metrics>,
@@ -37,10 +37,27 @@ pub async fn serve(
 
 async fn metrics_handler(State(st): State<Arc<HealthState>>) -> impl IntoResponse {
     let refresh = async {
-        let d = st.store.depth().await?;
-        st.metrics.queue_depth.set(d.length as i64);
-        st.metrics.lag.set(d.lag as i64);
-        st.metrics.pending.set(d.pending as i64);
+        let (mut length, mut lag, mut pending) = (0, 0, 0);
+        for lane in Lane::ALL {
+            let d = st.store.depth(lane).await?;
+            let label = LaneLabel { lane: lane.label() };
+            st.metrics
+                .lane_depth
+                .get_or_create(&label)
+                .set(d.length as i64);
+            st.metrics
+                .lane_oldest_age
+                .get_or_create(&label)
+                .set((d.oldest_age_ms / 1000) as i64);
+            length += d.length;
+            lag += d.lag;
+            pending += d.pending;
+        }
+        st.metrics.queue_depth.set(length as i64);
+        st.metrics.lag.set(lag as i64);
+        st.metrics.pending.set(pending as i64);
+        let (delayed, _) = st.store.delayed_replies().await?;
+        st.metrics.delayed_replies.set(delayed as i64);
         Ok::<_, shared::queue::StoreError>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), refresh).await;

@@ -98,6 +98,11 @@ pub async fn run_with<S: Send + Sync + 'static>(
     let commands = bot.command_list();
     let allowed = bot.allowed_updates();
     let Bot { state, handlers } = bot;
+    let mut deadlines = config.deadlines.clone();
+    for (kind, deadline) in &handlers.urgent {
+        deadlines.add(kind, *deadline);
+    }
+    let urgent: Vec<String> = deadlines.kinds().map(str::to_owned).collect();
     let state = match state {
         bot::StateInit::Ready(s) => s,
         bot::StateInit::FromConfig(make) => Arc::new(make(&config)),
@@ -179,6 +184,7 @@ pub async fn run_with<S: Send + Sync + 'static>(
         );
         tokio::spawn(async move {
             menu::publish_allowed_updates(store.as_ref(), &allowed).await;
+            menu::publish_urgent_kinds(store.as_ref(), &urgent).await;
             menu::publish(&api, store.as_ref(), &registry, &holder).await
         });
     }
@@ -195,6 +201,7 @@ pub async fn run_with<S: Send + Sync + 'static>(
             claim_idle: config.claim_idle,
             shutdown_grace: SHUTDOWN_GRACE,
             per_chat_order: config.per_chat_order,
+            deadlines,
         },
         store.clone(),
         Arc::new(router),

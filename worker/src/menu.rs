@@ -26,24 +26,39 @@ use crate::commands::{menu, CommandInfo};
 /// for its broad default list, which loses nothing the bot handles today.
 pub async fn publish_allowed_updates(store: &dyn Store, kinds: &[String]) {
     let value = serde_json::to_string(kinds).unwrap_or_default();
+    let key = store.keys().allowed_updates();
+    if publish_value(store, &key, &value).await {
+        info!(allowed_updates = %kinds.join(","), "update kinds published for the ingress");
+    }
+}
+
+/// Publishes the kinds that take the fast lane (the defaults, the bot's
+/// own urgent kinds, `WORKER_DEADLINES`'s), for the ingress to route by.
+/// Until it reads them, it routes by the defaults.
+pub async fn publish_urgent_kinds(store: &dyn Store, kinds: &[String]) {
+    let key = store.keys().urgent_kinds();
+    if publish_value(store, &key, &kinds.join(",")).await {
+        info!(urgent = %kinds.join(","), "urgent update kinds published for the ingress");
+    }
+}
+
+/// Sets `key` to `value` unless it holds it already; a few tries. True
+/// when this call changed it.
+async fn publish_value(store: &dyn Store, key: &str, value: &str) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     for _ in 0..6 {
-        match store.get(&store.keys().allowed_updates()).await {
-            Ok(Some(v)) if v == value => return,
+        match store.get(key).await {
+            Ok(Some(v)) if v == value => return false,
             Ok(_) => {
-                if store
-                    .set(&store.keys().allowed_updates(), &value)
-                    .await
-                    .is_ok()
-                {
-                    info!(allowed_updates = %kinds.join(","), "update kinds published for the ingress");
-                    return;
+                if store.set(key, value).await.is_ok() {
+                    return true;
                 }
             }
-            Err(e) => debug!(error = %e, "cannot publish the update kinds yet"),
+            Err(e) => debug!(error = %e, "cannot publish {key} yet"),
         }
         tokio::time::sleep(backoff.next_delay()).await;
     }
+    false
 }
 
 pub fn fingerprint(calls: &[Value]) -> String {

@@ -12,6 +12,16 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabel {
+    pub lane: &'static str,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub handled: Family<OutcomeLabel, Counter>,
@@ -26,6 +36,11 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub lag: Gauge,
     pub pending: Gauge,
+    pub expired: Family<KindLabel, Counter>,
+    pub delayed: Counter,
+    pub lane_depth: Family<LaneLabel, Gauge>,
+    pub lane_oldest_age: Family<LaneLabel, Gauge>,
+    pub delayed_replies: Gauge,
 }
 
 impl Default for Metrics {
@@ -47,6 +62,36 @@ impl Default for Metrics {
         let queue_depth = Gauge::default();
         let lag = Gauge::default();
         let pending = Gauge::default();
+        let expired = Family::<KindLabel, Counter>::default();
+        let delayed = Counter::default();
+        let lane_depth = Family::<LaneLabel, Gauge>::default();
+        let lane_oldest_age = Family::<LaneLabel, Gauge>::default();
+        let delayed_replies = Gauge::default();
+        registry.register(
+            "worker_updates_expired",
+            "Fast-lane updates past their kind's deadline: ended unanswered (WORKER_DEADLINES)",
+            expired.clone(),
+        );
+        registry.register(
+            "worker_replies_delayed",
+            "Replies put aside to wait out a long retry_after or pause, without holding a slot",
+            delayed.clone(),
+        );
+        registry.register(
+            "queue_lane_depth",
+            "Entries in each lane's stream (fast: updates with a deadline)",
+            lane_depth.clone(),
+        );
+        registry.register(
+            "queue_lane_oldest_age_seconds",
+            "Age of each lane's oldest entry not yet ended",
+            lane_oldest_age.clone(),
+        );
+        registry.register(
+            "queue_replies_delayed",
+            "Replies waiting for their due time (a 429's retry_after, a pause)",
+            delayed_replies.clone(),
+        );
         registry.register(
             "worker_updates_handled",
             "Updates handled, by outcome (replied, counted, refused, unknown)",
@@ -94,7 +139,7 @@ impl Default for Metrics {
         );
         registry.register(
             "queue_depth",
-            "Entries in the update stream (backlog and in flight)",
+            "Entries in the update streams, both lanes (backlog and in flight)",
             queue_depth.clone(),
         );
         registry.register(
@@ -122,6 +167,11 @@ impl Default for Metrics {
             queue_depth,
             lag,
             pending,
+            expired,
+            delayed,
+            lane_depth,
+            lane_oldest_age,
+            delayed_replies,
         }
     }
 }
@@ -129,6 +179,10 @@ impl Default for Metrics {
 impl Metrics {
     pub fn handled(&self, outcome: &'static str) {
         self.handled.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub fn expired(&self, kind: &'static str) {
+        self.expired.get_or_create(&KindLabel { kind }).inc();
     }
 
     pub fn render(&self) -> String {

@@ -33,10 +33,21 @@ pub struct Kept {
     /// Calls already sent (a retry goes on from there).
     #[serde(default)]
     pub sent: usize,
+    /// The answer to an update with a deadline: it may use the budget's
+    /// headroom.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub urgent: bool,
+    /// Failed sends so far (5xx, network), kept across a wait put aside.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Kept {
-    pub fn of(update_id: i64, key: &str, h: &Handled) -> Option<Self> {
+    pub fn of(update_id: i64, key: &str, urgent: bool, h: &Handled) -> Option<Self> {
         (!h.calls.is_empty()).then(|| Kept {
             update_id,
             key: key.to_owned(),
@@ -44,6 +55,8 @@ impl Kept {
             chat_id: h.chat_id,
             calls: h.calls.clone(),
             sent: 0,
+            urgent,
+            failures: 0,
         })
     }
 
@@ -56,6 +69,8 @@ impl Kept {
             chat_id: None,
             calls: Vec::new(),
             sent: 0,
+            urgent: false,
+            failures: 0,
         }
     }
 
@@ -70,6 +85,8 @@ pub enum Pass {
     Ended(Outcome),
     /// Still failing after the sender's own retries: try again later.
     Failed(SendError),
+    /// Telegram asked to wait this long (a 429, a pause): put it aside.
+    Wait(std::time::Duration),
 }
 
 /// Sends the calls not sent yet, in order.
@@ -77,7 +94,7 @@ pub async fn send(sender: &Sender, metrics: &Metrics, kept: &mut Kept) -> Pass {
     while kept.sent < kept.calls.len() {
         let call = &kept.calls[kept.sent];
         match sender
-            .send(&call.method, call.params.clone(), metrics)
+            .send(&call.method, call.params.clone(), metrics, kept.urgent)
             .await
         {
             Ok(_) => kept.sent += 1,
@@ -91,6 +108,7 @@ pub async fn send(sender: &Sender, metrics: &Metrics, kept: &mut Kept) -> Pass {
                     "reply outcome unknown (the user may have it); update ends here, not resent");
                 return Pass::Ended(Outcome::Unknown);
             }
+            Err(SendError::Wait { wait, .. }) => return Pass::Wait(wait),
             Err(e) => return Pass::Failed(e),
         }
     }

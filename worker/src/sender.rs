@@ -5,15 +5,28 @@
 //! the bot as a whole, so the budget lives in Redis and every worker draws
 //! from it (GCRA: one timestamp per key, no per-request bookkeeping). Adding
 //! workers therefore adds throughput up to the limit, never a 429 storm.
+//!
+//! # 429s and their scope
+//!
+//! Telegram's 429 does not say which limit was hit. A 429 pauses the chat
+//! it was for; 429s for two or more chats within [`BOT_LIMIT_WINDOW`] mean
+//! the bot's limit, and pause every chat - for every worker at once, since
+//! the pause lives in Redis and the budget checks it before each send. A
+//! wait longer than [`HOLD_AT_MOST`] is not slept in a handler slot: the
+//! send comes back as [`SendError::Wait`] and the caller puts the reply
+//! aside until it is due.
+//!
+//! Answers to queries (`answerCallbackQuery`, `answerPreCheckoutQuery`...)
+//! are not messages: they draw nothing from the message budget, so a
+//! backlog of messages never makes a button or a payment wait.
 
-use std::time::Duration;
-
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tracing::{info, warn};
 
-use shared::queue::{Budget, SendBudget, StoreError};
+use shared::queue::{Admit, Budget, Scope, SendBudget, StoreError};
 use shared::telegram::{BotApi, BotApiError, SEND_TIMEOUT};
 
 use crate::metrics::Metrics;
@@ -24,6 +37,15 @@ const GROUP_INTERVAL_US: u64 = 3_500_000;
 const GROUP_BURST: u64 = 3;
 /// Short bursts above the steady rate, as Telegram tolerates.
 const GLOBAL_BURST: u64 = 5;
+/// Extra headroom of urgent sends (answers to deadline updates) over the
+/// backlog's: with the budget saturated by ordinary replies, an urgent one
+/// still goes at once.
+const URGENT_BURST: u64 = 10;
+/// Waits up to this long are slept where they happen; longer ones give
+/// the handler slot back ([`SendError::Wait`]).
+pub const HOLD_AT_MOST: Duration = Duration::from_secs(1);
+/// 429s for different chats this close together mean the bot's limit.
+pub const BOT_LIMIT_WINDOW: Duration = Duration::from_secs(2);
 /// Transient failures retried inside one delivery: those Telegram
 /// answered (5xx) or that never reached it (connect errors). A failure
 /// with an unknown outcome is never retried (see [`SendError::Unknown`]).
@@ -46,6 +68,22 @@ pub enum SendError {
     Unknown(BotApiError),
     #[error("send budget unavailable: {0}")]
     Store(StoreError),
+    /// Telegram asked this chat or the whole bot to wait longer than a
+    /// handler slot should be held: put the reply aside, send it later.
+    #[error("Telegram asks to wait {}s ({})", wait.as_secs(), scope_label(*scope))]
+    Wait { wait: Duration, scope: Scope },
+}
+
+fn scope_label(s: Scope) -> &'static str {
+    match s {
+        Scope::Bot => "the whole bot",
+        Scope::Chat => "this chat",
+    }
+}
+
+/// Methods that answer a query rather than send a message.
+fn is_answer(method: &str) -> bool {
+    method.starts_with("answer")
 }
 
 pub struct Sender {
@@ -54,20 +92,52 @@ pub struct Sender {
     pub store: Arc<dyn SendBudget>,
     /// Messages per second for the whole bot; 0 = unlimited.
     pub rate: u32,
+    /// Until when this process knows the whole bot is paused: the reader
+    /// takes no new work meanwhile (it could only put replies aside).
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl Sender {
     pub fn new(api: BotApi, store: Arc<dyn SendBudget>, rate: u32) -> Self {
-        Self { api, store, rate }
+        Self {
+            api,
+            store,
+            rate,
+            paused_until: Mutex::new(None),
+        }
     }
 
-    /// Waits until the shared budget allows one message to `chat_id`.
-    async fn admit(&self, chat_id: i64) -> Result<(), StoreError> {
-        if self.rate == 0 {
-            return Ok(());
+    /// How long the bot stays paused, as far as this process has learnt.
+    pub fn paused_for(&self) -> Option<Duration> {
+        let until = (*self.paused_until.lock().ok()?)?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    fn note_bot_pause(&self, wait: Duration) {
+        if let Ok(mut p) = self.paused_until.lock() {
+            let until = Instant::now() + wait;
+            if p.is_none_or(|u| u < until) {
+                *p = Some(until);
+            }
         }
-        let interval = 1_000_000 / u64::from(self.rate);
-        let (chat_interval_us, chat_tolerance_us) = if chat_id < 0 {
+    }
+
+    /// Waits until the shared budget allows one message to `chat_id`, or
+    /// says how long a pause Telegram asked for still lasts.
+    async fn admit(&self, chat_id: i64, urgent: bool) -> Result<(), SendError> {
+        // Unlimited rate: still one check, for Telegram's pauses.
+        let interval = match self.rate {
+            0 => 0,
+            r => 1_000_000 / u64::from(r),
+        };
+        let burst = if urgent {
+            GLOBAL_BURST + URGENT_BURST
+        } else {
+            GLOBAL_BURST
+        };
+        let (chat_interval_us, chat_tolerance_us) = if chat_id < 0 && self.rate > 0 {
             (GROUP_INTERVAL_US, GROUP_INTERVAL_US * (GROUP_BURST - 1))
         } else {
             (0, 0)
@@ -75,16 +145,29 @@ impl Sender {
         let budget = Budget {
             chat_id,
             interval_us: interval,
-            tolerance_us: interval * (GLOBAL_BURST - 1),
+            tolerance_us: interval * (burst - 1),
             chat_interval_us,
             chat_tolerance_us,
         };
         loop {
-            let wait_us = self.store.admit(budget).await?;
-            if wait_us == 0 {
-                return Ok(());
+            let (wait_us, scope) = match self.store.admit(budget).await {
+                Ok(Admit::Go) => return Ok(()),
+                Ok(Admit::Rate(us)) => {
+                    tokio::time::sleep(Duration::from_micros(us)).await;
+                    continue;
+                }
+                Ok(Admit::BotPaused(us)) => (us, Scope::Bot),
+                Ok(Admit::ChatPaused(us)) => (us, Scope::Chat),
+                Err(e) => return Err(SendError::Store(e)),
+            };
+            let wait = Duration::from_micros(wait_us);
+            if scope == Scope::Bot {
+                self.note_bot_pause(wait);
             }
-            tokio::time::sleep(Duration::from_micros(wait_us)).await;
+            if wait > HOLD_AT_MOST {
+                return Err(SendError::Wait { wait, scope });
+            }
+            tokio::time::sleep(wait).await;
         }
     }
 
@@ -94,17 +177,23 @@ impl Sender {
     /// carried out without a verdict comes back as [`SendError::Unknown`]
     /// at once, never resent. A group upgraded to a supergroup (400 with
     /// `migrate_to_chat_id`) is followed once.
+    ///
+    /// `urgent`: the answer to an update with a deadline, which may use
+    /// budget headroom the backlog's replies may not.
     pub async fn send(
         &self,
         method: &str,
         mut params: Value,
         metrics: &Metrics,
+        urgent: bool,
     ) -> Result<Value, SendError> {
         let mut chat_id = params.get("chat_id").and_then(Value::as_i64).unwrap_or(0);
         let mut transient = 0;
         let mut migrated = false;
         loop {
-            self.admit(chat_id).await.map_err(SendError::Store)?;
+            if !is_answer(method) {
+                self.admit(chat_id, urgent).await?;
+            }
             match self
                 .api
                 .call_with_timeout::<_, Value>(method, &params, SEND_TIMEOUT)
@@ -117,11 +206,25 @@ impl Sender {
                 Err(e) => {
                     if let Some(wait) = e.retry_after() {
                         metrics.rate_limited.inc();
+                        // Unknown scope when Redis cannot say: pause the chat
+                        // (here, by waiting), the narrowest guess.
+                        let scope = self
+                            .store
+                            .rate_limited(chat_id, wait, BOT_LIMIT_WINDOW)
+                            .await
+                            .unwrap_or(Scope::Chat);
+                        if scope == Scope::Bot {
+                            self.note_bot_pause(wait);
+                        }
                         warn!(
                             chat_id,
                             wait_s = wait.as_secs(),
-                            "Telegram asked to slow down (429); waiting"
+                            scope = scope_label(scope),
+                            "Telegram asked to slow down (429)"
                         );
+                        if wait > HOLD_AT_MOST {
+                            return Err(SendError::Wait { wait, scope });
+                        }
                         tokio::time::sleep(wait).await;
                         continue;
                     }

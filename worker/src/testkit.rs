@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use shared::envelope::{probe, Enqueued};
 
-use shared::queue::{ConsumerGroup, Coordination, Delivery, Intake, MemoryStore, Store};
+use shared::queue::{ConsumerGroup, Coordination, Delivery, Intake, MemoryStore, Store, Urgent};
 use shared::Config;
 
 pub use fake_bot_api::{self, updates, Call, FakeBotApi, BOT_USERNAME};
@@ -202,7 +202,15 @@ impl TestKit {
     pub async fn send(&self, update: Value) -> i64 {
         let raw = update.to_string().into_bytes();
         let p = probe(&raw).unwrap_or_else(|e| panic!("test kit: not an update ({e}): {update}"));
-        match self.store.enqueue(&p, &raw).await {
+        // The lane as the ingress picks it: by the kinds the engine published.
+        let published = self
+            .store
+            .get(&self.store.keys().urgent_kinds())
+            .await
+            .ok()
+            .flatten();
+        let lane = Urgent::from_published(published.as_deref()).lane(p.kind);
+        match self.store.enqueue(&p, lane, &raw).await {
             Ok(Enqueued::Stored(_) | Enqueued::Duplicate) => p.update_id,
             Err(e) => panic!("test kit: the embedded queue refused the update: {e}"),
         }

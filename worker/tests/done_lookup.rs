@@ -12,9 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use shared::envelope::{probe, Enqueued, Entry, Probe};
 use shared::queue::{
-    Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination, DeadLetterRequest,
-    Delivery, Depth, Directory, Head, Intake, MemoryStore, OrphanReply, Read, SendBudget, Store,
-    StoreError, StoreFuture,
+    Admit, Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination,
+    DeadLetterRequest, Delivery, Depth, Directory, Head, Intake, Lane, MemoryStore, OrphanReply,
+    Read, Scope, SendBudget, Store, StoreError, StoreFuture,
 };
 use shared::stats::{BotStats, UserRecord};
 use shared::telegram::BotApi;
@@ -42,14 +42,19 @@ impl Store for FlakyLookups {
 }
 
 impl Intake for FlakyLookups {
-    fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
-        self.inner.enqueue(probe, raw)
+    fn enqueue<'a>(
+        &'a self,
+        probe: &'a Probe,
+        lane: Lane,
+        raw: &'a [u8],
+    ) -> StoreFuture<'a, Enqueued> {
+        self.inner.enqueue(probe, lane, raw)
     }
     fn ping(&self) -> StoreFuture<'_, ()> {
         self.inner.ping()
     }
-    fn depth(&self) -> StoreFuture<'_, Depth> {
-        self.inner.depth()
+    fn depth(&self, lane: Lane) -> StoreFuture<'_, Depth> {
+        self.inner.depth(lane)
     }
 }
 
@@ -78,19 +83,22 @@ impl ConsumerGroup for FlakyLookups {
     fn read_new<'a>(
         &'a self,
         consumer: &'a str,
+        lane: Lane,
         count: usize,
         block_ms: u64,
     ) -> StoreFuture<'a, Read> {
-        self.inner.read_new(consumer, count, block_ms)
+        self.inner.read_new(consumer, lane, count, block_ms)
     }
     fn autoclaim<'a>(
         &'a self,
         consumer: &'a str,
+        lane: Lane,
         min_idle_ms: u64,
         cursor: &'a str,
         count: usize,
     ) -> StoreFuture<'a, Claimed> {
-        self.inner.autoclaim(consumer, min_idle_ms, cursor, count)
+        self.inner
+            .autoclaim(consumer, lane, min_idle_ms, cursor, count)
     }
     fn delivery_counts<'a>(&'a self, ids: &'a [String]) -> StoreFuture<'a, Vec<(String, u64)>> {
         self.inner.delivery_counts(ids)
@@ -137,6 +145,17 @@ impl Delivery for FlakyLookups {
     ) -> StoreFuture<'a, Option<String>> {
         self.inner.reply_sent(entry_id, key)
     }
+    fn delay_reply<'a>(
+        &'a self,
+        entry_id: &'a str,
+        body: &'a str,
+        due_ms: i64,
+    ) -> StoreFuture<'a, ()> {
+        self.inner.delay_reply(entry_id, body, due_ms)
+    }
+    fn delayed_replies(&self) -> StoreFuture<'_, (u64, Option<i64>)> {
+        self.inner.delayed_replies()
+    }
     fn renew_replies<'a>(&'a self, ids: &'a [String], until_ms: i64) -> StoreFuture<'a, ()> {
         self.inner.renew_replies(ids, until_ms)
     }
@@ -167,8 +186,16 @@ impl Directory for FlakyLookups {
 }
 
 impl SendBudget for FlakyLookups {
-    fn admit(&self, budget: Budget) -> StoreFuture<'_, u64> {
+    fn admit(&self, budget: Budget) -> StoreFuture<'_, Admit> {
         self.inner.admit(budget)
+    }
+    fn rate_limited(
+        &self,
+        chat_id: i64,
+        retry_after: Duration,
+        window: Duration,
+    ) -> StoreFuture<'_, Scope> {
+        self.inner.rate_limited(chat_id, retry_after, window)
     }
 }
 
@@ -197,7 +224,7 @@ async fn a_failed_already_handled_lookup_does_not_run_the_handler() {
     });
     let raw = br#"{"update_id":41,"message":{"message_id":1,"chat":{"id":9,"type":"private"},"text":"/help"}}"#;
     store
-        .enqueue(&probe(raw).unwrap(), raw)
+        .enqueue(&probe(raw).unwrap(), Lane::Ordinary, raw)
         .await
         .expect("enqueue");
     let handler = Arc::new(Recorder {
@@ -215,6 +242,7 @@ async fn a_failed_already_handled_lookup_does_not_run_the_handler() {
             // Unordered: the lookup under test is the consumer's own, not
             // the one that rides along with the chat-head check.
             per_chat_order: false,
+            deadlines: Default::default(),
         },
         store.clone(),
         handler.clone(),

@@ -13,6 +13,7 @@
 //! The trait speaks in the queue's terms (enqueue, read, claim, finish,
 //! dead-letter), not in Redis commands, so the two stay interchangeable.
 
+mod lane;
 mod memory;
 pub mod redis_ops;
 mod redis_store;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+pub use lane::{BadDeadlines, Deadlines, Lane, Urgent, DEFAULT_DEADLINES};
 pub use memory::{MemoryDeadLetter, MemoryStore};
 pub use redis_store::RedisStore;
 
@@ -160,16 +162,40 @@ pub struct ConsumerInfo {
 }
 
 /// Numbers for gauges: entries in the stream, not yet delivered, delivered
-/// and not acknowledged.
+/// and not acknowledged, and how long ago the oldest was stored.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Depth {
     pub length: u64,
     pub lag: u64,
     pub pending: u64,
+    pub oldest_age_ms: u64,
+}
+
+/// What the budget says about one send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Booked: send now.
+    Go,
+    /// The rate leaves no room yet: try again after this many µs.
+    Rate(u64),
+    /// Telegram asked the whole bot to pause (a bot-wide 429), this many
+    /// µs more.
+    BotPaused(u64),
+    /// Telegram asked this chat to pause, this many µs more.
+    ChatPaused(u64),
+}
+
+/// Whether a 429 was taken as the bot's limit or one chat's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Bot,
+    Chat,
 }
 
 /// A send-budget request: the shared bot-wide rate and, for groups, the
-/// per-chat one (intervals and burst tolerances in microseconds).
+/// per-chat one (intervals and burst tolerances in microseconds). An
+/// urgent send (the answer to a deadline update) gets a larger global
+/// tolerance: it may use headroom the backlog's sends may not.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
     pub chat_id: i64,
@@ -196,9 +222,15 @@ pub trait Store:
 
 /// The way in: storing updates, and what the ingress's probes ask.
 pub trait Intake: Send + Sync {
-    /// Stores an update (and marks its id seen, and appends it to its
-    /// chat's order) atomically; a seen id is a [`Enqueued::Duplicate`].
-    fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued>;
+    /// Stores an update in its lane (and marks its id seen, and appends an
+    /// ordinary one to its chat's order) atomically; a seen id is a
+    /// [`Enqueued::Duplicate`].
+    fn enqueue<'a>(
+        &'a self,
+        probe: &'a Probe,
+        lane: Lane,
+        raw: &'a [u8],
+    ) -> StoreFuture<'a, Enqueued>;
     fn ping(&self) -> StoreFuture<'_, ()>;
     /// Whether a write would be accepted now, without writing: a full
     /// Redis answers PING but refuses every update. Always true for a
@@ -206,7 +238,7 @@ pub trait Intake: Send + Sync {
     fn accepts_writes(&self) -> StoreFuture<'_, ()> {
         Box::pin(async { Ok(()) })
     }
-    fn depth(&self) -> StoreFuture<'_, Depth>;
+    fn depth(&self, lane: Lane) -> StoreFuture<'_, Depth>;
 }
 
 /// Agreement between replicas: values, locks and leases.
@@ -225,10 +257,12 @@ pub trait Coordination: Send + Sync {
 pub trait ConsumerGroup: Send + Sync {
     /// Creates the consumer group if missing and adds `consumer` to it.
     fn join_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, ()>;
-    /// New entries for `consumer`, waiting up to `block_ms` for some.
+    /// New entries of `lane` for `consumer`, waiting up to `block_ms` for
+    /// some. The lanes are read by separate loops, each blocking on its own.
     fn read_new<'a>(
         &'a self,
         consumer: &'a str,
+        lane: Lane,
         count: usize,
         block_ms: u64,
     ) -> StoreFuture<'a, Read>;
@@ -236,6 +270,7 @@ pub trait ConsumerGroup: Send + Sync {
     fn autoclaim<'a>(
         &'a self,
         consumer: &'a str,
+        lane: Lane,
         min_idle_ms: u64,
         cursor: &'a str,
         count: usize,
@@ -272,6 +307,18 @@ pub trait Delivery: Send + Sync {
     /// and let its chat go on. Returns the chat's next entry id.
     fn reply_sent<'a>(&'a self, entry_id: &'a str, key: &'a str)
         -> StoreFuture<'a, Option<String>>;
+    /// Puts a kept reply aside until `due_ms` (a long `retry_after`, a
+    /// pause): stored with its progress, taken by any worker once due, in
+    /// its chat's order (the chat still waits for it); being taken again
+    /// then does not count as a failed delivery.
+    fn delay_reply<'a>(
+        &'a self,
+        entry_id: &'a str,
+        body: &'a str,
+        due_ms: i64,
+    ) -> StoreFuture<'a, ()>;
+    /// Replies put aside and the earliest due time (ms), for the operator.
+    fn delayed_replies(&self) -> StoreFuture<'_, (u64, Option<i64>)>;
     /// Extends the leases of replies this worker is still sending.
     fn renew_replies<'a>(&'a self, ids: &'a [String], until_ms: i64) -> StoreFuture<'a, ()>;
     /// Replies whose lease ran out (their worker died), each now leased to
@@ -303,8 +350,18 @@ pub trait Directory: Send + Sync {
 
 /// The bot-wide send budget shared by every worker.
 pub trait SendBudget: Send + Sync {
-    /// 0 when a message may go now (and books it), else microseconds to wait.
-    fn admit(&self, budget: Budget) -> StoreFuture<'_, u64>;
+    /// Books a send if the rate and Telegram's pauses allow it now.
+    fn admit(&self, budget: Budget) -> StoreFuture<'_, Admit>;
+    /// Records Telegram's 429 for `chat_id` and pauses what it applies to:
+    /// that chat alone, or - when another chat was refused within
+    /// `window` too - the whole bot, for the shortest `retry_after` seen
+    /// in that window (a chat's long wait must not stop every chat).
+    fn rate_limited(
+        &self,
+        chat_id: i64,
+        retry_after: Duration,
+        window: Duration,
+    ) -> StoreFuture<'_, Scope>;
 }
 
 /// A chat's head, as [`Store::heads`] answers it.

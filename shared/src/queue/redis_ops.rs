@@ -15,7 +15,7 @@ use redis::aio::ConnectionManager;
 use redis::Value;
 
 use super::scripts::scripts;
-use super::{ConsumerInfo, Head};
+use super::{ConsumerInfo, Head, Lane};
 use crate::envelope::{now_ms, Entry};
 use crate::keys::{self, Keys};
 
@@ -39,9 +39,28 @@ pub async fn join_group(
     keys: &Keys,
     consumer: &str,
 ) -> RedisResult<()> {
+    for lane in Lane::ALL {
+        join_stream(conn, &lane_stream(keys, lane), consumer).await?;
+    }
+    Ok(())
+}
+
+/// The stream of a lane.
+pub fn lane_stream(keys: &Keys, lane: Lane) -> String {
+    match lane {
+        Lane::Ordinary => keys.stream(),
+        Lane::Fast => keys.fast_stream(),
+    }
+}
+
+async fn join_stream(
+    conn: &mut ConnectionManager,
+    stream: &str,
+    consumer: &str,
+) -> RedisResult<()> {
     let r: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
-        .arg(keys.stream())
+        .arg(stream)
         .arg(keys::GROUP)
         .arg("0")
         .arg("MKSTREAM")
@@ -50,7 +69,7 @@ pub async fn join_group(
     match r {
         Err(e) if e.code() == Some("BUSYGROUP") => {}
         Err(e) if is_oom(&e) => {
-            if !group_exists(conn, keys).await? {
+            if !group_exists(conn, stream).await? {
                 return Err(e);
             }
         }
@@ -58,7 +77,7 @@ pub async fn join_group(
     }
     let r = redis::cmd("XGROUP")
         .arg("CREATECONSUMER")
-        .arg(keys.stream())
+        .arg(stream)
         .arg(keys::GROUP)
         .arg(consumer)
         .query_async::<i64>(conn)
@@ -80,10 +99,10 @@ pub fn is_oom(e: &redis::RedisError) -> bool {
     e.code() == Some("OOM")
 }
 
-async fn group_exists(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<bool> {
+async fn group_exists(conn: &mut ConnectionManager, stream: &str) -> RedisResult<bool> {
     let r: RedisResult<Vec<HashMap<String, Value>>> = redis::cmd("XINFO")
         .arg("GROUPS")
-        .arg(keys.stream())
+        .arg(stream)
         .query_async(conn)
         .await;
     match r {
@@ -166,6 +185,7 @@ pub async fn read_new(
     conn: &mut ConnectionManager,
     keys: &Keys,
     consumer: &str,
+    lane: Lane,
     count: usize,
     block_ms: u64,
 ) -> RedisResult<(Vec<Entry>, Vec<(String, String)>)> {
@@ -178,7 +198,7 @@ pub async fn read_new(
         .arg("BLOCK")
         .arg(block_ms)
         .arg("STREAMS")
-        .arg(keys.stream())
+        .arg(lane_stream(keys, lane))
         .arg(">")
         .query_async(conn)
         .await?;
@@ -194,7 +214,26 @@ pub async fn read_new(
         Value::Map(m) => m.into_iter().next().map(|(_, v)| v).unwrap_or(Value::Nil),
         _ => Value::Nil,
     };
-    Ok(parse_entries(&entries))
+    Ok(in_lane(lane, parse_entries(&entries)))
+}
+
+/// Tags entries read from a lane's stream with their lane.
+fn in_lane(
+    lane: Lane,
+    (mut good, mut bad): (Vec<Entry>, Vec<(String, String)>),
+) -> (Vec<Entry>, Vec<(String, String)>) {
+    if lane != Lane::Ordinary {
+        for e in &mut good {
+            e.id = lane.tag(&e.id);
+        }
+        for (id, _) in &mut bad {
+            *id = lane.tag(id);
+        }
+    }
+    for e in &mut good {
+        e.lane = lane;
+    }
+    (good, bad)
 }
 
 /// Takes over entries idle for `min_idle_ms` (their consumer died or
@@ -203,12 +242,13 @@ pub async fn autoclaim(
     conn: &mut ConnectionManager,
     keys: &Keys,
     consumer: &str,
+    lane: Lane,
     min_idle_ms: u64,
     cursor: &str,
     count: usize,
 ) -> RedisResult<(String, Vec<Entry>, Vec<(String, String)>)> {
     let v: Value = redis::cmd("XAUTOCLAIM")
-        .arg(keys.stream())
+        .arg(lane_stream(keys, lane))
         .arg(keys::GROUP)
         .arg(consumer)
         .arg(min_idle_ms)
@@ -225,7 +265,7 @@ pub async fn autoclaim(
         Some(Value::SimpleString(s)) => s.clone(),
         _ => "0-0".into(),
     };
-    let (good, bad) = parts.get(1).map(parse_entries).unwrap_or_default();
+    let (good, bad) = in_lane(lane, parts.get(1).map(parse_entries).unwrap_or_default());
     Ok((next, good, bad))
 }
 
@@ -239,11 +279,12 @@ pub async fn delivery_counts(
     // heartbeat, so the time between claim and dispatch must stay short.
     let mut pipe = redis::pipe();
     for id in ids {
+        let (lane, raw) = Lane::of(id);
         pipe.cmd("XPENDING")
-            .arg(keys.stream())
+            .arg(lane_stream(keys, lane))
             .arg(keys::GROUP)
-            .arg(*id)
-            .arg(*id)
+            .arg(raw)
+            .arg(raw)
             .arg(1);
     }
     let replies: Vec<Vec<(String, String, u64, u64)>> = pipe.query_async(conn).await?;
@@ -265,16 +306,27 @@ pub async fn heartbeat(
     consumer: &str,
     ids: &[String],
 ) -> RedisResult<()> {
-    if ids.is_empty() {
-        return Ok(());
+    for lane in Lane::ALL {
+        let raw: Vec<&str> = ids
+            .iter()
+            .map(|id| Lane::of(id))
+            .filter(|(l, _)| *l == lane)
+            .map(|(_, raw)| raw)
+            .collect();
+        if raw.is_empty() {
+            continue;
+        }
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(lane_stream(keys, lane))
+            .arg(keys::GROUP)
+            .arg(consumer)
+            .arg(0);
+        for id in raw {
+            cmd.arg(id);
+        }
+        cmd.arg("JUSTID");
+        let _: Value = cmd.query_async(conn).await?;
     }
-    let mut cmd = redis::cmd("XCLAIM");
-    cmd.arg(keys.stream()).arg(keys::GROUP).arg(consumer).arg(0);
-    for id in ids {
-        cmd.arg(id);
-    }
-    cmd.arg("JUSTID");
-    let _: Value = cmd.query_async(conn).await?;
     Ok(())
 }
 
@@ -309,6 +361,7 @@ pub async fn orphan_replies(
     inv.key(keys.replies_due())
         .key(keys.replies())
         .key(keys.failures())
+        .key(keys.replies_delayed())
         .arg(now_ms())
         .arg(until_ms)
         .arg(count);
@@ -343,7 +396,7 @@ pub async fn finish(
         .key(keys.users_first_seen())
         .key(keys.users_last_seen())
         .key(keys.counters())
-        .key(keys.stream())
+        .key(lane_stream(keys, Lane::of(&entry.id).0))
         .key(keys.failures())
         .key(keys.order(&entry.key))
         .key(keys.replies())
@@ -393,7 +446,7 @@ pub async fn dead_letter(
     reply: &str,
 ) -> RedisResult<()> {
     let mut inv = scripts().dead_letter.prepare_invoke();
-    inv.key(keys.stream())
+    inv.key(lane_stream(keys, Lane::of(id).0))
         .key(keys.dead())
         .key(keys.failures())
         .key(keys.counters())
@@ -472,13 +525,38 @@ pub async fn is_done(
     Ok(bit == 1)
 }
 
+/// The group's consumers, as the ordinary lane lists them, with what each
+/// holds in the fast lane added (every worker reads both).
 pub async fn consumers(
     conn: &mut ConnectionManager,
     keys: &Keys,
 ) -> RedisResult<Vec<ConsumerInfo>> {
+    let mut list = lane_consumers(conn, &keys.stream()).await?;
+    let fast = match lane_consumers(conn, &keys.fast_stream()).await {
+        Ok(f) => f,
+        // No fast lane yet (workers of an older version): nothing held there.
+        Err(e) if e.code() == Some("NOGROUP") || e.code() == Some("ERR") => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for f in fast {
+        match list.iter_mut().find(|c| c.name == f.name) {
+            Some(c) => {
+                c.pending += f.pending;
+                c.idle_ms = c.idle_ms.min(f.idle_ms);
+            }
+            None => list.push(f),
+        }
+    }
+    Ok(list)
+}
+
+async fn lane_consumers(
+    conn: &mut ConnectionManager,
+    stream: &str,
+) -> RedisResult<Vec<ConsumerInfo>> {
     let v: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
         .arg("CONSUMERS")
-        .arg(keys.stream())
+        .arg(stream)
         .arg(keys::GROUP)
         .query_async(conn)
         .await?;
@@ -503,6 +581,7 @@ pub async fn leave_group(
         .leave_group
         .key(keys.stream())
         .key(keys.alive(consumer))
+        .key(keys.fast_stream())
         .arg(keys::GROUP)
         .arg(consumer)
         .invoke_async(conn)
@@ -550,13 +629,59 @@ pub async fn delete_consumer(
     keys: &Keys,
     name: &str,
 ) -> RedisResult<u64> {
-    redis::cmd("XGROUP")
+    let n = redis::cmd("XGROUP")
         .arg("DELCONSUMER")
         .arg(keys.stream())
         .arg(keys::GROUP)
         .arg(name)
         .query_async(conn)
-        .await
+        .await?;
+    // The fast lane may have no group yet: nothing to remove there then.
+    let _: RedisResult<u64> = redis::cmd("XGROUP")
+        .arg("DELCONSUMER")
+        .arg(keys.fast_stream())
+        .arg(keys::GROUP)
+        .arg(name)
+        .query_async(conn)
+        .await;
+    Ok(n)
+}
+
+/// Puts a kept reply aside until due (`lua/delay_reply.lua`).
+pub async fn delay_reply(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    entry_id: &str,
+    body: &str,
+    due_ms: i64,
+) -> RedisResult<()> {
+    let mut inv = scripts().delay_reply.prepare_invoke();
+    inv.key(keys.replies())
+        .key(keys.replies_due())
+        .key(keys.failures())
+        .key(keys.replies_delayed())
+        .arg(entry_id)
+        .arg(body)
+        .arg(due_ms);
+    let _: i64 = inv.invoke_async(conn).await?;
+    Ok(())
+}
+
+/// How many replies are put aside, and the earliest due time.
+pub async fn delayed_replies(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+) -> RedisResult<(u64, Option<i64>)> {
+    let (n, first): (u64, Vec<(String, f64)>) = redis::pipe()
+        .zcard(keys.replies_delayed())
+        .cmd("ZRANGE")
+        .arg(keys.replies_delayed())
+        .arg(0)
+        .arg(0)
+        .arg("WITHSCORES")
+        .query_async(conn)
+        .await?;
+    Ok((n, first.first().map(|(_, due)| *due as i64)))
 }
 
 pub fn value_string(v: &Value) -> Option<String> {
@@ -629,13 +754,31 @@ pub async fn heal_head(
 /// deleted, so every entry in the stream is either pending (delivered, not
 /// acknowledged) or not yet delivered: lag is length minus pending - exact,
 /// where Redis's own `lag` field turns nil after deletions.
-pub async fn depth(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<super::Depth> {
-    let length: u64 = redis::cmd("XLEN")
-        .arg(keys.stream())
+pub async fn depth(
+    conn: &mut ConnectionManager,
+    keys: &Keys,
+    lane: Lane,
+) -> RedisResult<super::Depth> {
+    let stream = lane_stream(keys, lane);
+    let (length, first): (u64, Vec<(String, HashMap<String, Value>)>) = redis::pipe()
+        .cmd("XLEN")
+        .arg(&stream)
+        .cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
         .query_async(conn)
         .await?;
+    // Every entry in the stream is one not yet ended: the first one's id
+    // says when the oldest of them was stored (Redis's clock).
+    let oldest_age_ms = first
+        .first()
+        .map(|(id, _)| (now_ms() as u64).saturating_sub(super::id_order(id).0))
+        .unwrap_or(0);
     let summary: RedisResult<Value> = redis::cmd("XPENDING")
-        .arg(keys.stream())
+        .arg(&stream)
         .arg(keys::GROUP)
         .query_async(conn)
         .await;
@@ -649,6 +792,7 @@ pub async fn depth(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<sup
         length,
         lag: length.saturating_sub(pending),
         pending,
+        oldest_age_ms,
     })
 }
 

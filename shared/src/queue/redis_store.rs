@@ -8,9 +8,9 @@ use redis::aio::ConnectionManager;
 use super::redis_ops;
 use super::scripts::scripts;
 use super::{
-    Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination, DeadLetterRequest,
-    Delivery, Depth, Directory, Head, Intake, OrphanReply, Read, SendBudget, Store, StoreError,
-    StoreFuture, StoreResult,
+    Admit, Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination,
+    DeadLetterRequest, Delivery, Depth, Directory, Head, Intake, Lane, OrphanReply, Read, Scope,
+    SendBudget, Store, StoreError, StoreFuture, StoreResult,
 };
 use crate::envelope::{self, Enqueued, Entry, Probe};
 use crate::keys::Keys;
@@ -20,8 +20,10 @@ use crate::stats::{self, BotStats, UserRecord};
 pub struct RedisStore {
     conn: ConnectionManager,
     /// Its own connection for `XREADGROUP BLOCK`, with a response timeout
-    /// longer than the block.
+    /// longer than the block; one per lane, since a blocked read holds its
+    /// connection and each lane's reader blocks on its own.
     blocking: ConnectionManager,
+    blocking_fast: ConnectionManager,
     keys: Keys,
 }
 
@@ -35,6 +37,7 @@ impl RedisStore {
         Ok(Self {
             conn: redis_conn::manager(url)?,
             blocking: redis_conn::blocking_manager(url, MAX_BLOCK)?,
+            blocking_fast: redis_conn::blocking_manager(url, MAX_BLOCK)?,
             keys,
         })
     }
@@ -98,10 +101,15 @@ impl Store for RedisStore {
 }
 
 impl Intake for RedisStore {
-    fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
+    fn enqueue<'a>(
+        &'a self,
+        probe: &'a Probe,
+        lane: Lane,
+        raw: &'a [u8],
+    ) -> StoreFuture<'a, Enqueued> {
         async move {
             let mut c = self.conn.clone();
-            match bounded(envelope::enqueue(&mut c, &self.keys, probe, raw)).await {
+            match bounded(envelope::enqueue(&mut c, &self.keys, probe, lane, raw)).await {
                 // The connection broke (Redis restarted, a failover, an idle
                 // connection cut by a proxy): the manager is reconnecting,
                 // so one more try usually lands. Safe to repeat: if the
@@ -110,7 +118,7 @@ impl Intake for RedisStore {
                 // 503 and hold the chat back for its own retry delay.
                 Err(StoreError::Redis(e)) if connection_broke(&e) => {
                     tracing::debug!(error = %e, "connection broke while storing; one more try");
-                    bounded(envelope::enqueue(&mut c, &self.keys, probe, raw)).await
+                    bounded(envelope::enqueue(&mut c, &self.keys, probe, lane, raw)).await
                 }
                 other => other,
             }
@@ -138,10 +146,10 @@ impl Intake for RedisStore {
         .boxed()
     }
 
-    fn depth(&self) -> StoreFuture<'_, Depth> {
+    fn depth(&self, lane: Lane) -> StoreFuture<'_, Depth> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::depth(&mut c, &self.keys)).await
+            bounded(redis_ops::depth(&mut c, &self.keys, lane)).await
         }
         .boxed()
     }
@@ -217,13 +225,17 @@ impl ConsumerGroup for RedisStore {
     fn read_new<'a>(
         &'a self,
         consumer: &'a str,
+        lane: Lane,
         count: usize,
         block_ms: u64,
     ) -> StoreFuture<'a, Read> {
         async move {
-            let mut c = self.blocking.clone();
+            let mut c = match lane {
+                Lane::Ordinary => self.blocking.clone(),
+                Lane::Fast => self.blocking_fast.clone(),
+            };
             let block_ms = block_ms.min(MAX_BLOCK.as_millis() as u64);
-            let f = redis_ops::read_new(&mut c, &self.keys, consumer, count, block_ms);
+            let f = redis_ops::read_new(&mut c, &self.keys, consumer, lane, count, block_ms);
             let (entries, unreadable) =
                 match tokio::time::timeout(MAX_BLOCK + COMMAND_TIMEOUT, f).await {
                     Ok(r) => r?,
@@ -240,6 +252,7 @@ impl ConsumerGroup for RedisStore {
     fn autoclaim<'a>(
         &'a self,
         consumer: &'a str,
+        lane: Lane,
         min_idle_ms: u64,
         cursor: &'a str,
         count: usize,
@@ -250,6 +263,7 @@ impl ConsumerGroup for RedisStore {
                 &mut c,
                 &self.keys,
                 consumer,
+                lane,
                 min_idle_ms,
                 cursor,
                 count,
@@ -356,6 +370,30 @@ impl Delivery for RedisStore {
         .boxed()
     }
 
+    fn delay_reply<'a>(
+        &'a self,
+        entry_id: &'a str,
+        body: &'a str,
+        due_ms: i64,
+    ) -> StoreFuture<'a, ()> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::delay_reply(
+                &mut c, &self.keys, entry_id, body, due_ms,
+            ))
+            .await
+        }
+        .boxed()
+    }
+
+    fn delayed_replies(&self) -> StoreFuture<'_, (u64, Option<i64>)> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(redis_ops::delayed_replies(&mut c, &self.keys)).await
+        }
+        .boxed()
+    }
+
     fn renew_replies<'a>(&'a self, ids: &'a [String], until_ms: i64) -> StoreFuture<'a, ()> {
         async move {
             let mut c = self.conn.clone();
@@ -446,18 +484,47 @@ impl Directory for RedisStore {
 }
 
 impl SendBudget for RedisStore {
-    fn admit(&self, b: Budget) -> StoreFuture<'_, u64> {
+    fn admit(&self, b: Budget) -> StoreFuture<'_, Admit> {
         let mut inv = scripts().send_budget.prepare_invoke();
         inv.key(self.keys.rate_global())
             .key(self.keys.rate_chat(b.chat_id))
+            .key(self.keys.pause_bot())
+            .key(self.keys.pause_chat(b.chat_id))
             .arg(b.interval_us)
             .arg(b.tolerance_us)
             .arg(b.chat_interval_us)
             .arg(b.chat_tolerance_us);
         async move {
             let mut c = self.conn.clone();
-            let wait: i64 = bounded(inv.invoke_async(&mut c)).await?;
-            Ok(wait.max(0) as u64)
+            let (why, wait): (i64, i64) = bounded(inv.invoke_async(&mut c)).await?;
+            let wait = wait.max(0) as u64;
+            Ok(match why {
+                0 => Admit::Go,
+                2 => Admit::BotPaused(wait),
+                3 => Admit::ChatPaused(wait),
+                _ => Admit::Rate(wait),
+            })
+        }
+        .boxed()
+    }
+
+    fn rate_limited(
+        &self,
+        chat_id: i64,
+        retry_after: Duration,
+        window: Duration,
+    ) -> StoreFuture<'_, Scope> {
+        let mut inv = scripts().rate_limited.prepare_invoke();
+        inv.key(self.keys.recent_429s())
+            .key(self.keys.pause_bot())
+            .key(self.keys.pause_chat(chat_id))
+            .arg(chat_id)
+            .arg(retry_after.as_millis().max(1) as u64)
+            .arg(window.as_millis().max(1) as u64);
+        async move {
+            let mut c = self.conn.clone();
+            let bot: i64 = bounded(inv.invoke_async(&mut c)).await?;
+            Ok(if bot == 1 { Scope::Bot } else { Scope::Chat })
         }
         .boxed()
     }

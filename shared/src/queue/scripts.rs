@@ -23,6 +23,10 @@ pub struct Scripts {
     pub release: Script,
     /// The shared send budget, GCRA (`lua/send_budget.lua`).
     pub send_budget: Script,
+    /// A 429's pause, for a chat or the bot (`lua/rate_limited.lua`).
+    pub rate_limited: Script,
+    /// A reply put aside until due (`lua/delay_reply.lua`).
+    pub delay_reply: Script,
     /// `worker queue replay-dead` (`lua/replay_dead.lua`).
     pub replay_dead: Script,
 }
@@ -38,6 +42,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     lease: Script::new(include_str!("lua/lease.lua")),
     release: Script::new(include_str!("lua/release.lua")),
     send_budget: Script::new(include_str!("lua/send_budget.lua")),
+    rate_limited: Script::new(include_str!("lua/rate_limited.lua")),
+    delay_reply: Script::new(include_str!("lua/delay_reply.lua")),
     replay_dead: Script::new(include_str!("lua/replay_dead.lua")),
 });
 
@@ -67,6 +73,8 @@ mod tests {
             &s.lease,
             &s.release,
             &s.send_budget,
+            &s.rate_limited,
+            &s.delay_reply,
             &s.replay_dead,
         ];
         let hashes: std::collections::HashSet<&str> = all.iter().map(|s| s.get_hash()).collect();

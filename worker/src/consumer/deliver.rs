@@ -13,9 +13,12 @@ use shared::envelope::{now_ms, Entry};
 use shared::queue::{Completion, DeadLetterRequest};
 use shared::signals::Backoff;
 
+use shared::queue::Lane;
+
 use super::{panic_message, Consumer};
 use crate::dispatch::Outcome;
 use crate::replies::{self, Kept, Pass};
+use crate::sender::HOLD_AT_MOST;
 
 impl Consumer {
     pub(super) async fn deliver(
@@ -54,7 +57,7 @@ impl Consumer {
                     debug!(error = %e, "cannot tell whether the update was handled; asking again in {wait:?}");
                     drop(permit.take());
                     tokio::time::sleep(wait).await;
-                    match self.slots.clone().acquire_owned().await {
+                    match self.slots(entry.lane).acquire_owned().await {
                         Ok(p) => permit = Some(p),
                         Err(_) => break,
                     }
@@ -66,6 +69,22 @@ impl Consumer {
                 if !fresh {
                     self.metrics.deduplicated.inc();
                     info!("update already handled; acknowledged and skipped");
+                }
+                break;
+            }
+            if let Some((kind, age)) = self.expired(&entry) {
+                // Answering now would come too late (Telegram refuses an old
+                // query, a payment has failed): end it, counted, not answered.
+                let (fresh, _) = self.finish(&entry, Completion::default()).await;
+                if fresh {
+                    self.metrics.expired(kind);
+                    info!(
+                        kind,
+                        age_ms = age.as_millis() as u64,
+                        "update past its deadline; ended as expired, not answered late"
+                    );
+                } else {
+                    self.metrics.deduplicated.inc();
                 }
                 break;
             }
@@ -81,7 +100,8 @@ impl Consumer {
                     // The writes, the directory entry and the reply to send
                     // are stored with the "handled" mark; the reply goes out
                     // after (see `replies`).
-                    let kept = Kept::of(entry.update_id, &entry.key, &handled);
+                    let urgent = entry.lane == Lane::Fast;
+                    let kept = Kept::of(entry.update_id, &entry.key, urgent, &handled);
                     let body = kept.as_ref().map(Kept::to_json);
                     let completion = Completion {
                         user: handled.user.as_ref(),
@@ -147,7 +167,7 @@ impl Consumer {
                 (250u64 << failures.min(6)).min(self.settings.claim_idle.as_millis() as u64 / 2),
             );
             tokio::time::sleep(wait).await;
-            match self.slots.clone().acquire_owned().await {
+            match self.slots(entry.lane).acquire_owned().await {
                 Ok(p) => permit = Some(p),
                 Err(_) => break,
             }
@@ -233,21 +253,35 @@ impl Consumer {
     /// after the sender's own retries) up to `WORKER_MAX_DELIVERIES` times
     /// with the slot freed between tries; then forgets it. `None` when it
     /// was dead-lettered.
+    ///
+    /// A wait Telegram asks for beyond [`HOLD_AT_MOST`] - and a retry
+    /// backoff beyond it - puts the reply aside in the store until due
+    /// (`None` then too): no slot, no task, no memory held here meanwhile,
+    /// and any worker sends it once due, also after a restart.
     pub(super) async fn send_kept(
         &self,
         id: &str,
         kept: &mut Kept,
         permit: &mut Option<OwnedSemaphorePermit>,
     ) -> Option<Outcome> {
-        let mut attempts = 0u64;
+        let lane = if kept.urgent {
+            Lane::Fast
+        } else {
+            Lane::Ordinary
+        };
         loop {
             match replies::send(&self.sender, &self.metrics, kept).await {
                 Pass::Ended(outcome) => {
                     self.reply_sent(id, &kept.key).await;
                     return Some(outcome);
                 }
+                Pass::Wait(wait) => {
+                    self.put_aside(id, kept, wait).await;
+                    return None;
+                }
                 Pass::Failed(e) => {
-                    attempts += 1;
+                    kept.failures += 1;
+                    let attempts = kept.failures;
                     self.metrics.failed.inc();
                     if attempts >= u64::from(self.settings.max_deliveries) {
                         let reason = format!("reply could not be sent: {e}");
@@ -256,16 +290,38 @@ impl Consumer {
                         return None;
                     }
                     warn!(attempt = attempts, error = %e, "sending the reply failed; will retry");
-                    drop(permit.take());
                     let wait = Duration::from_millis(
                         (250u64 << attempts.min(6))
                             .min(self.settings.claim_idle.as_millis() as u64 / 2),
                     );
+                    if wait > HOLD_AT_MOST {
+                        self.put_aside(id, kept, wait).await;
+                        return None;
+                    }
+                    drop(permit.take());
                     tokio::time::sleep(wait).await;
-                    *permit = self.slots.clone().acquire_owned().await.ok();
+                    *permit = self.slots(lane).acquire_owned().await.ok();
                 }
             }
         }
+    }
+
+    /// Stores the reply with its progress and due time; from then on the
+    /// heartbeat no longer renews it (the caller drops it from the
+    /// in-flight set) and the takeover pass brings it back when due.
+    async fn put_aside(&self, id: &str, kept: &Kept, wait: Duration) {
+        let body = kept.to_json();
+        let due = now_ms() + wait.as_millis() as i64;
+        until_stored("put the reply aside", || {
+            self.store.delay_reply(id, &body, due)
+        })
+        .await;
+        self.metrics.delayed.inc();
+        info!(
+            chat_id = kept.chat_id,
+            wait_s = wait.as_secs(),
+            "reply put aside until Telegram lets it go; its chat waits, no slot is held"
+        );
     }
 
     /// Forgets a sent reply, retrying until Redis takes it. Giving up

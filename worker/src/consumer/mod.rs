@@ -2,9 +2,13 @@
 //! concurrency, and end every entry in exactly one of three ways - handled,
 //! deduplicated, or dead-lettered with its reason.
 //!
-//! Three tasks share one consumer name:
-//! - the reader takes new entries (`XREADGROUP >`) only when a handler slot
-//!   is free, so the backlog stays in Redis, not in memory;
+//! Four tasks share one consumer name:
+//! - two readers, one per lane, take new entries (`XREADGROUP >`) only
+//!   when a handler slot of their lane is free, so the backlog stays in
+//!   Redis, not in memory. The fast lane (updates with a deadline) has
+//!   slots of its own: a backlog of messages never holds a button's or a
+//!   payment's answer back, and a fast-lane update past its deadline ends
+//!   `expired`, unanswered (see [`Consumer::expired`]);
 //! - the reclaimer takes over entries idle longer than the claim timeout
 //!   (their consumer died) and removes consumers that are long gone;
 //! - the heartbeat keeps this process's in-flight entries from looking
@@ -44,7 +48,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use shared::envelope::Entry;
+use shared::envelope::{now_ms, Entry};
+use shared::queue::{Deadlines, Lane};
 use shared::signals::Backoff;
 
 mod deliver;
@@ -72,6 +77,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// Keep each chat's updates in acceptance order (see module docs).
     pub per_chat_order: bool,
+    /// Deadlines of the fast lane's kinds.
+    pub deadlines: Deadlines,
 }
 
 /// Entries a process may hold (waiting for a slot, parked or running), as a
@@ -105,6 +112,8 @@ pub struct Consumer {
     metrics: Arc<Metrics>,
     slots: Arc<Semaphore>,
     holds: Arc<Semaphore>,
+    fast_slots: Arc<Semaphore>,
+    fast_holds: Arc<Semaphore>,
     inflight: Mutex<HashSet<String>>,
     parked: Mutex<Parked>,
     wake: Notify,
@@ -122,6 +131,8 @@ impl Consumer {
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(settings.concurrency)),
             holds: Arc::new(Semaphore::new(settings.concurrency * HOLD_FACTOR)),
+            fast_slots: Arc::new(Semaphore::new(settings.concurrency)),
+            fast_holds: Arc::new(Semaphore::new(settings.concurrency * HOLD_FACTOR)),
             settings,
             store,
             handler,
@@ -157,10 +168,14 @@ impl Consumer {
         // heartbeat. Hence an independent token, not a child of `cancel`.
         let background = CancellationToken::new();
         let reclaimer = tokio::spawn(self.clone().reclaim_loop(cancel.clone()));
+        let due = tokio::spawn(self.clone().due_loop(cancel.clone()));
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(background.clone()));
         let park = tokio::spawn(self.clone().park_loop(background.clone()));
 
-        self.clone().read_loop(cancel.clone()).await;
+        tokio::join!(
+            self.clone().read_loop(Lane::Ordinary, cancel.clone()),
+            self.clone().read_loop(Lane::Fast, cancel.clone()),
+        );
 
         info!(
             in_flight = self.in_flight(),
@@ -187,6 +202,7 @@ impl Consumer {
         }
         background.cancel();
         let _ = reclaimer.await;
+        let _ = due.await;
         let _ = heartbeat.await;
         let _ = park.await;
         // A redeploy should not leave a name behind for ten claim periods:
@@ -207,17 +223,58 @@ impl Consumer {
         self.inflight.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    async fn read_loop(self: Arc<Self>, cancel: CancellationToken) {
+    /// A lane's handler slots.
+    pub(super) fn slots(&self, lane: Lane) -> Arc<Semaphore> {
+        match lane {
+            Lane::Ordinary => self.slots.clone(),
+            Lane::Fast => self.fast_slots.clone(),
+        }
+    }
+
+    /// How old a fast-lane entry is, if it is past its kind's deadline.
+    /// Age counts from when the ingress stored it: a callback query
+    /// carries no time of its own.
+    pub(super) fn expired(&self, entry: &Entry) -> Option<(&'static str, Duration)> {
+        if entry.lane != Lane::Fast {
+            return None;
+        }
+        let kind = shared::envelope::kind(&entry.update);
+        let deadline = self.settings.deadlines.get(kind)?;
+        let age =
+            Duration::from_millis(now_ms().saturating_sub(entry.received_at_ms).max(0) as u64);
+        (age > deadline).then_some((kind, age))
+    }
+
+    async fn read_loop(self: Arc<Self>, lane: Lane, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut outage = false;
+        let holds = match lane {
+            Lane::Ordinary => self.holds.clone(),
+            Lane::Fast => self.fast_holds.clone(),
+        };
         while !cancel.is_cancelled() {
+            // The whole bot is paused by Telegram: new work could only put
+            // its replies aside. The fast lane goes on (its answers are no
+            // messages).
+            if lane == Lane::Ordinary {
+                if let Some(wait) = self.sender.paused_for() {
+                    debug!(
+                        wait_ms = wait.as_millis() as u64,
+                        "bot paused by Telegram; not reading"
+                    );
+                    if sleep_or_cancel(wait, &cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
             let first = tokio::select! {
-                p = self.holds.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                p = holds.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 _ = cancel.cancelled() => return,
             };
             let mut permits = vec![first];
             while permits.len() < 128 {
-                match self.holds.clone().try_acquire_owned() {
+                match holds.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
                 }
@@ -226,7 +283,12 @@ impl Consumer {
             // is handled before the loop notices the shutdown.
             match self
                 .store
-                .read_new(&self.settings.name, permits.len(), BLOCK.as_millis() as u64)
+                .read_new(
+                    &self.settings.name,
+                    lane,
+                    permits.len(),
+                    BLOCK.as_millis() as u64,
+                )
                 .await
             {
                 Ok(shared::queue::Read {
@@ -291,7 +353,7 @@ impl Consumer {
         let this = self.clone();
         self.tasks.spawn(
             async move {
-                let Ok(slot) = this.slots.clone().acquire_owned().await else {
+                let Ok(slot) = this.slots(entry.lane).acquire_owned().await else {
                     return;
                 };
                 this.deliver(entry, slot, known_done).await;

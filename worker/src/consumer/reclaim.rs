@@ -10,8 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, Instrument};
 
 use shared::envelope::Entry;
+use shared::queue::Lane;
 
 use super::{sleep_or_cancel, Consumer, DEAD_AFTER_PERIODS};
+
+/// How often kept replies are checked for being due.
+const DUE_POLL: Duration = Duration::from_millis(250);
 use crate::replies::Kept;
 
 impl Consumer {
@@ -28,6 +32,36 @@ impl Consumer {
                 last_alive = Instant::now();
                 self.mark_alive().await;
             }
+            for lane in Lane::ALL {
+                self.reclaim_lane(lane, idle, &cancel).await;
+            }
+            if last_cleanup.elapsed() >= idle {
+                last_cleanup = Instant::now();
+                self.remove_dead_consumers().await;
+            }
+        }
+    }
+
+    /// Replies put aside come back when due, and those of dead workers
+    /// once their lease ran out: looked for often, since a due time is a
+    /// promise to the chat waiting behind it (one cheap sorted-set range
+    /// per pass).
+    pub(super) async fn due_loop(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            if sleep_or_cancel(DUE_POLL, &cancel).await {
+                return;
+            }
+            self.take_over_replies().await;
+        }
+    }
+
+    async fn reclaim_lane(
+        self: &Arc<Self>,
+        lane: Lane,
+        idle: Duration,
+        cancel: &CancellationToken,
+    ) {
+        {
             let mut cursor = "0-0".to_string();
             for _ in 0..20 {
                 if cancel.is_cancelled() {
@@ -35,7 +69,13 @@ impl Consumer {
                 }
                 let page = self
                     .store
-                    .autoclaim(&self.settings.name, idle.as_millis() as u64, &cursor, 32)
+                    .autoclaim(
+                        &self.settings.name,
+                        lane,
+                        idle.as_millis() as u64,
+                        &cursor,
+                        32,
+                    )
                     .await;
                 let (next, entries, bad) = match page {
                     Ok(p) => (p.next_cursor, p.entries, p.unreadable),
@@ -98,11 +138,6 @@ impl Consumer {
                     break;
                 }
                 cursor = next;
-            }
-            self.take_over_replies().await;
-            if last_cleanup.elapsed() >= idle {
-                last_cleanup = Instant::now();
-                self.remove_dead_consumers().await;
             }
         }
     }
@@ -212,7 +247,12 @@ impl Consumer {
             self.tasks.spawn(
                 async move {
                     let mut kept = kept;
-                    let mut permit = this.slots.clone().acquire_owned().await.ok();
+                    let lane = if kept.urgent {
+                        Lane::Fast
+                    } else {
+                        Lane::Ordinary
+                    };
+                    let mut permit = this.slots(lane).acquire_owned().await.ok();
                     if let Some(outcome) = this.send_kept(&o.id, &mut kept, &mut permit).await {
                         this.metrics.handled(outcome.label());
                     }

@@ -6,8 +6,11 @@
 -- KEYS: stream, dead letters, failures, counters, order list, replies,
 -- replies:due. ARGV: group, entry id, update id, order key, update,
 -- error, deliveries, failed at ms, reply.
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
+-- A fast-lane id carries its lane's tag (lane.rs); its stream does not.
+local sid = ARGV[2]
+if string.byte(sid, 1) == 102 then sid = string.sub(sid, 2) end
+redis.call('XACK', KEYS[1], ARGV[1], sid)
+redis.call('XDEL', KEYS[1], sid)
 redis.call('HDEL', KEYS[3], ARGV[2])
 if ARGV[4] ~= '' then redis.call('LREM', KEYS[5], 1, ARGV[2]) end
 redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'update_id', ARGV[3], 'key', ARGV[4], 'update', ARGV[5], 'error', ARGV[6], 'deliveries', ARGV[7], 'failed_at', ARGV[8], 'reply', ARGV[9])

@@ -10,7 +10,7 @@
 //! and not yet handled is gone). That is the trade for "nothing to install";
 //! production uses Redis.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -18,9 +18,8 @@ use futures::FutureExt;
 use tokio::sync::Notify;
 
 use super::{
-    id_order, Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination,
-    DeadLetterRequest, Delivery, Depth, Directory, Head, Intake, OrphanReply, Read, SendBudget,
-    Store, StoreFuture, Write,
+    id_order, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination, DeadLetterRequest,
+    Delivery, Depth, Directory, Head, Intake, Lane, OrphanReply, Read, Store, StoreFuture, Write,
 };
 use crate::envelope::{now_ms, Enqueued, Entry, Probe};
 use crate::keys::{self, Keys};
@@ -53,7 +52,11 @@ pub struct MemoryDeadLetter {
 struct State {
     last_id: Id,
     stream: BTreeMap<Id, Entry>,
+    /// The last ordinary entry handed out.
     last_delivered: Id,
+    /// Fast-lane entries not handed out yet (they share `stream` and its
+    /// ids, so everything keyed by id works for both lanes).
+    fast_new: BTreeSet<Id>,
     pending: BTreeMap<Id, Pending>,
     consumers: HashMap<String, Instant>,
     seen: HashMap<i64, Instant>,
@@ -69,6 +72,12 @@ struct State {
     /// The bots' own hashes (exactly-once writes).
     hashes: HashMap<String, HashMap<String, String>>,
     rate: HashMap<String, i64>,
+    /// Pauses Telegram asked for: key -> until (µs since epoch).
+    pauses: HashMap<String, i64>,
+    /// Recent 429s: (ms, chat id, retry_after ms).
+    recent_429s: Vec<(i64, i64, u64)>,
+    /// Replies put aside: entry id -> due ms.
+    delayed: HashMap<String, i64>,
     ops: u64,
 }
 
@@ -211,7 +220,12 @@ impl Store for MemoryStore {
 }
 
 impl Intake for MemoryStore {
-    fn enqueue<'a>(&'a self, probe: &'a Probe, raw: &'a [u8]) -> StoreFuture<'a, Enqueued> {
+    fn enqueue<'a>(
+        &'a self,
+        probe: &'a Probe,
+        lane: Lane,
+        raw: &'a [u8],
+    ) -> StoreFuture<'a, Enqueued> {
         let out = self.with(|s| {
             let now = Instant::now();
             if s.seen.get(&probe.update_id).is_some_and(|exp| *exp > now) {
@@ -223,22 +237,30 @@ impl Intake for MemoryStore {
             );
             let id = s.next_id();
             let ids = id_string(id);
+            let key = match lane {
+                Lane::Ordinary => probe.key.clone(),
+                Lane::Fast => String::new(),
+            };
+            if lane == Lane::Fast {
+                s.fast_new.insert(id);
+            }
+            if !key.is_empty() {
+                s.order
+                    .entry(key.clone())
+                    .or_default()
+                    .push_back(ids.clone());
+            }
             s.stream.insert(
                 id,
                 Entry {
                     id: ids.clone(),
                     update_id: probe.update_id,
                     received_at_ms: now_ms(),
-                    key: probe.key.clone(),
+                    key,
                     update: raw.to_vec(),
+                    lane,
                 },
             );
-            if !probe.key.is_empty() {
-                s.order
-                    .entry(probe.key.clone())
-                    .or_default()
-                    .push_back(ids.clone());
-            }
             Enqueued::Stored(ids)
         });
         self.arrived.notify_waiters();
@@ -249,11 +271,24 @@ impl Intake for MemoryStore {
         ready(())
     }
 
-    fn depth(&self) -> StoreFuture<'_, Depth> {
-        ready(self.with(|s| Depth {
-            length: s.stream.len() as u64,
-            lag: s.stream.len().saturating_sub(s.pending.len()) as u64,
-            pending: s.pending.len() as u64,
+    fn depth(&self, lane: Lane) -> StoreFuture<'_, Depth> {
+        ready(self.with(|s| {
+            let of_lane = || s.stream.iter().filter(|(_, e)| e.lane == lane);
+            let length = of_lane().count() as u64;
+            let pending = of_lane()
+                .filter(|(id, _)| s.pending.contains_key(id))
+                .count() as u64;
+            let oldest = of_lane().next().map(|(id, _)| id.0).unwrap_or(0);
+            Depth {
+                length,
+                lag: length.saturating_sub(pending),
+                pending,
+                oldest_age_ms: if oldest == 0 {
+                    0
+                } else {
+                    (now_ms() as u64).saturating_sub(oldest)
+                },
+            }
         }))
     }
 }
@@ -313,6 +348,7 @@ impl ConsumerGroup for MemoryStore {
     fn read_new<'a>(
         &'a self,
         consumer: &'a str,
+        lane: Lane,
         count: usize,
         block_ms: u64,
     ) -> StoreFuture<'a, Read> {
@@ -326,16 +362,29 @@ impl ConsumerGroup for MemoryStore {
                 arrived.as_mut().enable();
                 let entries = self.with(|s| {
                     s.consumers.insert(consumer.to_owned(), Instant::now());
-                    let from = s.last_delivered;
-                    let ids: Vec<Id> = s
-                        .stream
-                        .range((std::ops::Bound::Excluded(from), std::ops::Bound::Unbounded))
-                        .take(count)
-                        .map(|(id, _)| *id)
-                        .collect();
+                    let ids: Vec<Id> = match lane {
+                        Lane::Ordinary => {
+                            let from = s.last_delivered;
+                            s.stream
+                                .range((
+                                    std::ops::Bound::Excluded(from),
+                                    std::ops::Bound::Unbounded,
+                                ))
+                                .filter(|(_, e)| e.lane == Lane::Ordinary)
+                                .take(count)
+                                .map(|(id, _)| *id)
+                                .collect()
+                        }
+                        Lane::Fast => s.fast_new.iter().take(count).copied().collect(),
+                    };
                     let mut out = Vec::with_capacity(ids.len());
                     for id in ids {
-                        s.last_delivered = id;
+                        match lane {
+                            Lane::Ordinary => s.last_delivered = id,
+                            Lane::Fast => {
+                                s.fast_new.remove(&id);
+                            }
+                        }
                         s.pending.insert(
                             id,
                             Pending {
@@ -367,6 +416,7 @@ impl ConsumerGroup for MemoryStore {
     fn autoclaim<'a>(
         &'a self,
         consumer: &'a str,
+        lane: Lane,
         min_idle_ms: u64,
         cursor: &'a str,
         count: usize,
@@ -378,12 +428,16 @@ impl ConsumerGroup for MemoryStore {
             let mut claimed = Vec::new();
             let mut next = "0-0".to_string();
             let mut gone = Vec::new();
-            for (id, p) in s.pending.range_mut(start..) {
+            let State {
+                pending, stream, ..
+            } = &mut *s;
+            for (id, p) in pending.range_mut(start..) {
                 if claimed.len() >= count {
                     next = id_string(*id);
                     break;
                 }
-                if p.since.elapsed() < min_idle {
+                let in_lane = stream.get(id).map(|e| e.lane).unwrap_or_default() == lane;
+                if !in_lane || p.since.elapsed() < min_idle {
                     continue;
                 }
                 p.consumer = consumer.to_owned();
@@ -548,6 +602,28 @@ impl Delivery for MemoryStore {
         }))
     }
 
+    fn delay_reply<'a>(
+        &'a self,
+        entry_id: &'a str,
+        body: &'a str,
+        due_ms: i64,
+    ) -> StoreFuture<'a, ()> {
+        self.with(|s| {
+            if let Some(r) = s.replies.get_mut(entry_id) {
+                r.0 = body.to_owned();
+                r.1 = due_ms;
+            }
+            s.delayed.insert(entry_id.to_owned(), due_ms);
+            let n = s.failures.entry(entry_id.to_owned()).or_default();
+            *n = n.saturating_sub(1);
+        });
+        ready(())
+    }
+
+    fn delayed_replies(&self) -> StoreFuture<'_, (u64, Option<i64>)> {
+        ready(self.with(|s| (s.delayed.len() as u64, s.delayed.values().min().copied())))
+    }
+
     fn renew_replies<'a>(&'a self, ids: &'a [String], until_ms: i64) -> StoreFuture<'a, ()> {
         self.with(|s| {
             for id in ids {
@@ -573,6 +649,7 @@ impl Delivery for MemoryStore {
                 .filter_map(|id| {
                     let r = s.replies.get_mut(&id)?;
                     r.1 = until_ms;
+                    s.delayed.remove(&id);
                     let body = r.0.clone();
                     let n = s.failures.entry(id.clone()).or_default();
                     *n += 1;
@@ -661,153 +738,6 @@ impl Directory for MemoryStore {
     }
 }
 
-impl SendBudget for MemoryStore {
-    fn admit(&self, b: Budget) -> StoreFuture<'_, u64> {
-        ready(self.with(|s| {
-            let now = now_ms() * 1000;
-            let tat = |s: &State, k: &str| s.rate.get(k).copied().unwrap_or(0).max(now);
-            let g = tat(s, &self.keys.rate_global());
-            let mut wait = g - b.tolerance_us as i64 - now;
-            let chat_key = self.keys.rate_chat(b.chat_id);
-            let c = tat(s, &chat_key);
-            if b.chat_interval_us > 0 {
-                wait = wait.max(c - b.chat_tolerance_us as i64 - now);
-            }
-            if wait > 0 {
-                return wait as u64;
-            }
-            s.rate
-                .insert(self.keys.rate_global(), g + b.interval_us as i64);
-            if b.chat_interval_us > 0 {
-                s.rate.insert(chat_key, c + b.chat_interval_us as i64);
-            }
-            0
-        }))
-    }
-}
-
+mod budget;
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::envelope::probe;
-
-    fn update(id: i64, chat: i64) -> (Probe, Vec<u8>) {
-        let raw =
-            format!(r#"{{"update_id":{id},"message":{{"message_id":1,"chat":{{"id":{chat}}}}}}}"#)
-                .into_bytes();
-        (probe(&raw).unwrap(), raw)
-    }
-
-    #[tokio::test]
-    async fn dedupe_in_and_out_ack_and_order() {
-        let m = MemoryStore::default();
-        let (p1, r1) = update(1, 5);
-        let (p2, r2) = update(2, 5);
-        assert!(matches!(
-            m.enqueue(&p1, &r1).await.unwrap(),
-            Enqueued::Stored(_)
-        ));
-        assert_eq!(m.enqueue(&p1, &r1).await.unwrap(), Enqueued::Duplicate);
-        m.enqueue(&p2, &r2).await.unwrap();
-        let read = m.read_new("a", 10, 10).await.unwrap();
-        assert_eq!(read.entries.len(), 2);
-        let (e1, e2) = (&read.entries[0], &read.entries[1]);
-        let asked = [("c5".to_string(), 1)];
-        assert_eq!(
-            m.heads(&asked).await.unwrap(),
-            vec![Head {
-                entry: Some(e1.id.clone()),
-                asked_done: false
-            }]
-        );
-        assert_eq!(m.depth().await.unwrap().pending, 2);
-        let (fresh, head) = m.finish(e1, Completion::default()).await.unwrap();
-        assert!(fresh);
-        assert_eq!(head, Some(e2.id.clone()));
-        assert!(m.is_done(1).await.unwrap());
-        assert_eq!(
-            m.heads(&asked).await.unwrap(),
-            vec![Head {
-                entry: Some(e2.id.clone()),
-                asked_done: true
-            }]
-        );
-        // A redelivered copy of a handled update is a duplicate.
-        let (fresh, _) = m.finish(e1, Completion::default()).await.unwrap();
-        assert!(!fresh);
-        assert_eq!(m.depth().await.unwrap().length, 1);
-    }
-
-    #[tokio::test]
-    async fn a_joined_consumer_is_listed_and_alive_until_its_mark_expires() {
-        let m = MemoryStore::default();
-        m.join_group("w1").await.unwrap();
-        m.join_group("w1").await.unwrap();
-        let list = m.consumers().await.unwrap();
-        assert_eq!(list.len(), 1, "joining twice adds one name");
-        assert!(!list[0].alive, "no alive mark yet");
-        m.mark_alive("w1", Duration::from_millis(50)).await.unwrap();
-        assert!(m.consumers().await.unwrap()[0].alive);
-        tokio::time::sleep(Duration::from_millis(80)).await;
-        assert!(!m.consumers().await.unwrap()[0].alive, "the mark expired");
-        assert!(m.delete_consumer("w1").await.unwrap());
-        assert!(m.consumers().await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn idle_entries_are_claimed_and_dead_letters_leave_the_order() {
-        let m = MemoryStore::default();
-        let (p1, r1) = update(10, 6);
-        m.enqueue(&p1, &r1).await.unwrap();
-        let e = m
-            .read_new("dead-worker", 1, 10)
-            .await
-            .unwrap()
-            .entries
-            .remove(0);
-        let c = m.autoclaim("b", 60_000, "0-0", 10).await.unwrap();
-        assert!(c.entries.is_empty(), "not idle long enough");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let c = m.autoclaim("b", 10, "0-0", 10).await.unwrap();
-        assert_eq!(c.entries.len(), 1);
-        assert_eq!(
-            m.delivery_counts(std::slice::from_ref(&e.id))
-                .await
-                .unwrap()[0]
-                .1,
-            2
-        );
-        assert_eq!(m.count_failure(&e.id).await.unwrap(), 1);
-        m.dead_letter(DeadLetterRequest {
-            id: &e.id,
-            update_id: Some(10),
-            key: &e.key,
-            update: &e.update,
-            error: "boom",
-            deliveries: 2,
-            reply: "",
-        })
-        .await
-        .unwrap();
-        let heads = m.heads(&[("c6".to_string(), 10)]).await.unwrap();
-        assert_eq!(heads[0].entry, None);
-        assert!(!heads[0].asked_done, "dead-lettered is not handled");
-        assert_eq!(m.dead_letters()[0].error, "boom");
-        assert_eq!(m.depth().await.unwrap().length, 0);
-    }
-
-    #[tokio::test]
-    async fn blocking_read_wakes_on_arrival() {
-        let m = std::sync::Arc::new(MemoryStore::default());
-        let m2 = m.clone();
-        let reader = tokio::spawn(async move { m2.read_new("a", 1, 5_000).await.unwrap() });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let (p, r) = update(20, 7);
-        m.enqueue(&p, &r).await.unwrap();
-        let read = tokio::time::timeout(Duration::from_secs(2), reader)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(read.entries.len(), 1);
-    }
-}
+mod tests;
