@@ -231,8 +231,9 @@ impl TestKit {
             {
                 return Ending::DeadLettered(d);
             }
-            // Handled means its reply is out too: the "handled" mark comes
-            // first, the reply after it.
+            // Handled means its reply is out too (or put aside until a
+            // long 429 is over): the "handled" mark comes first, the reply
+            // after it.
             if self.store.is_done(update_id).await.unwrap_or(false)
                 && self.store.kept_replies() == 0
             {

@@ -21,6 +21,9 @@ use crate::keys::{self, Keys};
 
 pub type RedisResult<T> = redis::RedisResult<T>;
 
+/// One entry as XRANGE answers it: id and fields.
+type StreamEntry = (String, HashMap<String, Value>);
+
 /// Creates the group if missing - also when the stream does not exist yet -
 /// and adds `consumer` to it. The group starts at the beginning of the
 /// stream: updates accepted before the first worker ever ran are handled
@@ -760,7 +763,7 @@ pub async fn depth(
     lane: Lane,
 ) -> RedisResult<super::Depth> {
     let stream = lane_stream(keys, lane);
-    let (length, first): (u64, Vec<(String, HashMap<String, Value>)>) = redis::pipe()
+    let (length, first): (u64, Vec<StreamEntry>) = redis::pipe()
         .cmd("XLEN")
         .arg(&stream)
         .cmd("XRANGE")

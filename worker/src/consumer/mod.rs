@@ -184,9 +184,20 @@ impl Consumer {
         // Everything already taken - running, waiting for a slot or parked
         // behind its chat's head - is finished before exiting, so a
         // redeploy leaves nothing for the claim timeout.
+        // Entries parked behind a head that is not running here (a reply
+        // put aside to wait out a 429, another worker's entry) could wait
+        // far past the grace period: once only those are left - for a
+        // moment longer than the park pass takes to start a successor -
+        // they stay pending and another worker reclaims them.
         let drain = async {
-            while self.in_flight() > 0 {
+            let mut settled = 0;
+            while self.in_flight() > 0 && settled < 10 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                if self.in_flight() <= self.parked_count() {
+                    settled += 1;
+                } else {
+                    settled = 0;
+                }
             }
             self.tasks.close();
             self.tasks.wait().await;
@@ -219,6 +230,13 @@ impl Consumer {
         }
     }
 
+    fn parked_count(&self) -> usize {
+        self.parked
+            .lock()
+            .map(|p| p.by_key.values().map(|q| q.len()).sum())
+            .unwrap_or(0)
+    }
+
     fn in_flight(&self) -> usize {
         self.inflight.lock().map(|s| s.len()).unwrap_or(0)
     }
@@ -242,7 +260,7 @@ impl Consumer {
         let deadline = self.settings.deadlines.get(kind)?;
         let age =
             Duration::from_millis(now_ms().saturating_sub(entry.received_at_ms).max(0) as u64);
-        (age > deadline).then_some((kind, age))
+        (age >= deadline).then_some((kind, age))
     }
 
     async fn read_loop(self: Arc<Self>, lane: Lane, cancel: CancellationToken) {

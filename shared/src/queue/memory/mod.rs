@@ -192,8 +192,18 @@ impl MemoryStore {
 
     /// Replies of handled updates not yet sent (an update has ended for its
     /// user only once its reply is out).
+    /// Replies put aside until Telegram lets them go (a long 429) are not
+    /// counted: they are waiting, not being sent.
     pub fn kept_replies(&self) -> usize {
-        self.state.lock().map(|s| s.replies.len()).unwrap_or(0)
+        self.state
+            .lock()
+            .map(|s| {
+                s.replies
+                    .keys()
+                    .filter(|id| !s.delayed.contains_key(*id))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
