@@ -4,7 +4,6 @@
 //! (`tests/tests/deadlines.rs`) covers the same with processes and Redis.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use worker::testkit::{updates, Ending, TestKit};
