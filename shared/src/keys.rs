@@ -270,6 +270,51 @@ impl Keys {
         self.name(&format!("pause:chat:{chat_id}"))
     }
 
+    /// Users who blocked the bot (sorted set: chat id -> ms of the 403):
+    /// broadcasts skip them; a message from them again takes them out.
+    pub fn users_blocked(&self) -> String {
+        self.name("users:blocked")
+    }
+
+    /// An outbox request's `Idempotency-Key` -> the id it got (a day).
+    pub fn outbox_idempotency(&self, key: &str) -> String {
+        self.name(&format!("outbox:idem:{key}"))
+    }
+
+    /// Numbers outbox message ids.
+    pub fn outbox_seq(&self) -> String {
+        self.name("outbox:seq")
+    }
+
+    /// A broadcast: its hash (state, message, counts), its recipients not
+    /// reached yet (list), those being sent to (sorted set: chat id ->
+    /// lease end ms).
+    pub fn broadcast(&self, id: &str) -> String {
+        self.name(&format!("broadcast:{id}"))
+    }
+
+    pub fn broadcast_todo(&self, id: &str) -> String {
+        self.name(&format!("broadcast:{id}:todo"))
+    }
+
+    pub fn broadcast_inflight(&self, id: &str) -> String {
+        self.name(&format!("broadcast:{id}:inflight"))
+    }
+
+    /// Every broadcast (sorted set: id -> created ms) and those running.
+    pub fn broadcasts(&self) -> String {
+        self.name("broadcasts")
+    }
+
+    pub fn broadcasts_running(&self) -> String {
+        self.name("broadcasts:running")
+    }
+
+    /// The paid-broadcast budget (GCRA), apart from the bot's.
+    pub fn rate_paid(&self) -> String {
+        self.name("rate:paid")
+    }
+
     /// Recent 429s (sorted set: chat id -> ms): several chats refused at
     /// once mean the bot's limit, not a chat's.
     pub fn recent_429s(&self) -> String {

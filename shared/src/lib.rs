@@ -13,7 +13,8 @@
 //! group, completion, kept replies, dead letters, the send budget - under
 //! the key names of [`keys`], over connections from [`redis_conn`];
 //! [`telegram`] talks to Telegram (token scrubbed from every error);
-//! [`stats`] reads the user directory. Around it: [`config`] (parsed once),
+//! [`stats`] reads the user directory; [`outbound`] defines the app's own
+//! messages and broadcasts (request format, stored form). Around it: [`config`] (parsed once),
 //! [`instance`] (one identity per process), [`secret`] (the derived webhook
 //! secret, constant-time comparison), [`signals`] (SIGTERM/SIGINT, backoff)
 //! and [`telemetry`] (logging that never blocks).
@@ -22,6 +23,7 @@ pub mod config;
 pub mod envelope;
 pub mod instance;
 pub mod keys;
+pub mod outbound;
 pub mod queue;
 pub mod redis_conn;
 pub mod secret;

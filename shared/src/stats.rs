@@ -32,6 +32,9 @@ pub struct BotStats {
     pub users_active_24h: u64,
     pub updates_handled: u64,
     pub queue_depth: u64,
+    /// Users whose last send from the bot got a 403 (blocked it,
+    /// deactivated, kicked it), who have not written since.
+    pub users_blocked: u64,
 }
 
 pub async fn user(
@@ -73,7 +76,7 @@ pub async fn bot(
     now_ms: i64,
 ) -> redis::RedisResult<BotStats> {
     let since = now_ms - DAY_MS;
-    let (total, new, active, handled, depth): (u64, u64, u64, Option<u64>, u64) = redis::pipe()
+    let (total, new, active, handled, depth, blocked): (u64, u64, u64, Option<u64>, u64, u64) = redis::pipe()
         .cmd("ZCARD")
         .arg(keys.users_first_seen())
         .cmd("ZCOUNT")
@@ -89,6 +92,8 @@ pub async fn bot(
         .arg("updates_handled")
         .cmd("XLEN")
         .arg(keys.stream())
+        .cmd("ZCARD")
+        .arg(keys.users_blocked())
         .query_async(conn)
         .await?;
     Ok(BotStats {
@@ -97,6 +102,7 @@ pub async fn bot(
         users_active_24h: active,
         updates_handled: handled.unwrap_or(0),
         queue_depth: depth,
+        users_blocked: blocked,
     })
 }
 

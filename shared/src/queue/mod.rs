@@ -16,6 +16,7 @@
 mod lane;
 mod memory;
 pub mod redis_ops;
+mod redis_outbound;
 mod redis_store;
 pub mod scripts;
 
@@ -28,6 +29,7 @@ pub use memory::{MemoryDeadLetter, MemoryStore};
 pub use redis_store::RedisStore;
 
 use crate::envelope::{Enqueued, Entry, Probe};
+use crate::outbound::{Audience, BroadcastStatus, Control, OutMessage, Recipient, RecipientOutcome};
 use crate::stats::{BotStats, UserRecord};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,9 @@ pub enum StoreError {
     Redis(#[from] redis::RedisError),
     #[error("timed out")]
     Timeout,
+    /// The embedded queue does not do this (broadcasts need Redis).
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 impl StoreError {
@@ -209,7 +214,16 @@ pub struct Budget {
 /// what names it. Code that needs one capability takes that trait (an
 /// `Arc<dyn Store>` upcasts to any of them).
 pub trait Store:
-    Intake + Coordination + ConsumerGroup + Delivery + Directory + SendBudget + Send + Sync + 'static
+    Intake
+    + Coordination
+    + ConsumerGroup
+    + Delivery
+    + Directory
+    + SendBudget
+    + Outbound
+    + Send
+    + Sync
+    + 'static
 {
     /// Which implementation, for logs.
     fn kind(&self) -> &'static str;
@@ -362,6 +376,58 @@ pub trait SendBudget: Send + Sync {
         retry_after: Duration,
         window: Duration,
     ) -> StoreFuture<'_, Scope>;
+}
+
+/// The app's own messages and broadcasts (see [`crate::outbound`]).
+pub trait Outbound: Send + Sync {
+    /// Stores one message, durable from this moment, sent by a worker
+    /// once `due_ms` has come. With an idempotency key seen before (a
+    /// day), stores nothing and answers the first id. Returns the id and
+    /// whether it was stored now.
+    fn outbox_put<'a>(
+        &'a self,
+        msg: &'a OutMessage,
+        due_ms: i64,
+        idempotency_key: Option<&'a str>,
+    ) -> StoreFuture<'a, (String, bool)>;
+    /// Creates a broadcast job (running at once) and returns its id.
+    fn broadcast_create<'a>(
+        &'a self,
+        msg: &'a OutMessage,
+        audience: &'a Audience,
+    ) -> StoreFuture<'a, String>;
+    fn broadcast_status<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<BroadcastStatus>>;
+    /// The broadcast's message, for the workers sending it.
+    fn broadcast_message<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<OutMessage>>;
+    /// Every broadcast, newest first.
+    fn broadcast_list(&self) -> StoreFuture<'_, Vec<BroadcastStatus>>;
+    /// Pauses, resumes or cancels; `None` for an unknown id.
+    fn broadcast_control<'a>(
+        &'a self,
+        id: &'a str,
+        control: Control,
+    ) -> StoreFuture<'a, Option<BroadcastStatus>>;
+    /// The running broadcasts' ids.
+    fn broadcasts_running(&self) -> StoreFuture<'_, Vec<String>>;
+    /// Takes up to `count` recipients of a running broadcast, each leased
+    /// until `lease_ms` from now; recipients whose lease ran out (their
+    /// worker died mid-send) come back first.
+    fn broadcast_take<'a>(
+        &'a self,
+        id: &'a str,
+        count: usize,
+        lease_ms: u64,
+    ) -> StoreFuture<'a, Vec<Recipient>>;
+    /// Records how a recipient's send ended (only while its lease is
+    /// held: a recipient taken over by another worker is counted once).
+    fn broadcast_record<'a>(
+        &'a self,
+        recipient: &'a Recipient,
+        outcome: RecipientOutcome,
+    ) -> StoreFuture<'a, ()>;
+    /// A 403 from a send to `chat_id`: the user blocked the bot (or was
+    /// deactivated, or the bot was kicked).
+    fn mark_blocked(&self, chat_id: i64) -> StoreFuture<'_, ()>;
 }
 
 /// A chat's head, as [`Store::heads`] answers it.

@@ -403,7 +403,8 @@ pub async fn finish(
         .key(keys.failures())
         .key(keys.order(&entry.key))
         .key(keys.replies())
-        .key(keys.replies_due());
+        .key(keys.replies_due())
+        .key(keys.users_blocked());
     for w in done_.writes {
         inv.key(keys.kv(w.hash()));
     }

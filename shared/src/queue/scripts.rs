@@ -27,6 +27,13 @@ pub struct Scripts {
     pub rate_limited: Script,
     /// A reply put aside until due (`lua/delay_reply.lua`).
     pub delay_reply: Script,
+    /// The app's own messages and broadcasts (`lua/outbox_put.lua`,
+    /// `lua/broadcast_*.lua`).
+    pub outbox_put: Script,
+    pub broadcast_create: Script,
+    pub broadcast_take: Script,
+    pub broadcast_record: Script,
+    pub broadcast_control: Script,
     /// `worker queue replay-dead` (`lua/replay_dead.lua`).
     pub replay_dead: Script,
 }
@@ -44,6 +51,11 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     send_budget: Script::new(include_str!("lua/send_budget.lua")),
     rate_limited: Script::new(include_str!("lua/rate_limited.lua")),
     delay_reply: Script::new(include_str!("lua/delay_reply.lua")),
+    outbox_put: Script::new(include_str!("lua/outbox_put.lua")),
+    broadcast_create: Script::new(include_str!("lua/broadcast_create.lua")),
+    broadcast_take: Script::new(include_str!("lua/broadcast_take.lua")),
+    broadcast_record: Script::new(include_str!("lua/broadcast_record.lua")),
+    broadcast_control: Script::new(include_str!("lua/broadcast_control.lua")),
     replay_dead: Script::new(include_str!("lua/replay_dead.lua")),
 });
 
@@ -75,6 +87,11 @@ mod tests {
             &s.send_budget,
             &s.rate_limited,
             &s.delay_reply,
+            &s.outbox_put,
+            &s.broadcast_create,
+            &s.broadcast_take,
+            &s.broadcast_record,
+            &s.broadcast_control,
             &s.replay_dead,
         ];
         let hashes: std::collections::HashSet<&str> = all.iter().map(|s| s.get_hash()).collect();

@@ -15,8 +15,8 @@
 -- a whole entry.
 --
 -- KEYS: done bitmap, user, users:first_seen, users:last_seen, counters,
--- stream, failures, order list, replies, replies:due, then one kv hash per
--- write. ARGV: done TTL s, now ms, user id ('' = none), first_name,
+-- stream, failures, order list, replies, replies:due, users:blocked, then
+-- one kv hash per write. ARGV: done TTL s, now ms, user id ('' = none), first_name,
 -- username, language_code, is message ('1'/'0'), start payload, group,
 -- entry id, order key ('' = none), done bit, reply ('' = none), reply
 -- lease end ms, number of writes, then (op, field, value) per write.
@@ -38,11 +38,13 @@ if fresh then
     if ARGV[8] ~= '' then redis.call('HSET', KEYS[2], 'start_payload', ARGV[8]) end
     redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
     redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
+    -- Writing to the bot again: no longer blocking it.
+    redis.call('ZREM', KEYS[11], ARGV[3])
   end
   local n = tonumber(ARGV[15])
   for i = 1, n do
     local op, field, value = ARGV[13 + 3 * i], ARGV[14 + 3 * i], ARGV[15 + 3 * i]
-    local key = KEYS[10 + i]
+    local key = KEYS[11 + i]
     if op == 'incr' then redis.call('HINCRBY', key, field, value)
     elseif op == 'set' then redis.call('HSET', key, field, value)
     else redis.call('HSETNX', key, field, value) end

@@ -78,6 +78,10 @@ struct State {
     recent_429s: Vec<(i64, i64, u64)>,
     /// Replies put aside: entry id -> due ms.
     delayed: HashMap<String, i64>,
+    /// Numbers outbox messages.
+    outbox_seq: u64,
+    /// Users who blocked the bot.
+    blocked: std::collections::HashSet<i64>,
     ops: u64,
 }
 
@@ -555,6 +559,7 @@ impl Delivery for MemoryStore {
                 *s.counters.entry("updates_handled").or_default() += 1;
                 if let Some(u) = user {
                     let t = now_ms();
+                    s.blocked.remove(&u.id);
                     let rec = s.users.entry(u.id).or_insert_with(|| UserRecord {
                         id: u.id,
                         first_seen: t,
@@ -744,10 +749,12 @@ impl Directory for MemoryStore {
             users_active_24h: s.users.values().filter(|u| u.last_seen >= since).count() as u64,
             updates_handled: s.counters.get("updates_handled").copied().unwrap_or(0),
             queue_depth: s.stream.len() as u64,
+            users_blocked: s.blocked.len() as u64,
         }))
     }
 }
 
 mod budget;
+mod outbound;
 #[cfg(test)]
 mod tests;
