@@ -11,9 +11,12 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use shared::envelope::{probe, Enqueued, Entry, Probe};
+use shared::outbound::{
+    Audience, BroadcastStatus, Control, OutMessage, Recipient, RecipientOutcome,
+};
 use shared::queue::{
     Admit, Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination,
-    DeadLetterRequest, Delivery, Depth, Directory, Head, Intake, Lane, MemoryStore, OrphanReply,
+    DeadLetterRequest, Delivery, Depth, Directory, Head, Intake, Lane, MemoryStore, OrphanReply, Outbound,
     Read, Scope, SendBudget, Store, StoreError, StoreFuture,
 };
 use shared::stats::{BotStats, UserRecord};
@@ -117,6 +120,61 @@ impl ConsumerGroup for FlakyLookups {
     }
     fn delete_consumer<'a>(&'a self, name: &'a str) -> StoreFuture<'a, bool> {
         self.inner.delete_consumer(name)
+    }
+}
+
+impl Outbound for FlakyLookups {
+    fn outbox_put<'a>(
+        &'a self,
+        msg: &'a OutMessage,
+        due_ms: i64,
+        key: Option<&'a str>,
+    ) -> StoreFuture<'a, (String, bool)> {
+        self.inner.outbox_put(msg, due_ms, key)
+    }
+    fn broadcast_create<'a>(
+        &'a self,
+        msg: &'a OutMessage,
+        to: &'a Audience,
+    ) -> StoreFuture<'a, String> {
+        self.inner.broadcast_create(msg, to)
+    }
+    fn broadcast_status<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<BroadcastStatus>> {
+        self.inner.broadcast_status(id)
+    }
+    fn broadcast_message<'a>(&'a self, id: &'a str) -> StoreFuture<'a, Option<OutMessage>> {
+        self.inner.broadcast_message(id)
+    }
+    fn broadcast_list(&self) -> StoreFuture<'_, Vec<BroadcastStatus>> {
+        self.inner.broadcast_list()
+    }
+    fn broadcast_control<'a>(
+        &'a self,
+        id: &'a str,
+        c: Control,
+    ) -> StoreFuture<'a, Option<BroadcastStatus>> {
+        self.inner.broadcast_control(id, c)
+    }
+    fn broadcasts_running(&self) -> StoreFuture<'_, Vec<String>> {
+        self.inner.broadcasts_running()
+    }
+    fn broadcast_take<'a>(
+        &'a self,
+        id: &'a str,
+        count: usize,
+        lease_ms: u64,
+    ) -> StoreFuture<'a, Vec<Recipient>> {
+        self.inner.broadcast_take(id, count, lease_ms)
+    }
+    fn broadcast_record<'a>(
+        &'a self,
+        r: &'a Recipient,
+        o: RecipientOutcome,
+    ) -> StoreFuture<'a, ()> {
+        self.inner.broadcast_record(r, o)
+    }
+    fn mark_blocked(&self, chat_id: i64) -> StoreFuture<'_, ()> {
+        self.inner.mark_blocked(chat_id)
     }
 }
 

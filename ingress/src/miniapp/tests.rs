@@ -386,6 +386,7 @@ fn me_body_for_a_new_user() {
         users_active_24h: 2,
         updates_handled: 10,
         queue_depth: 0,
+        users_blocked: 0,
     };
     let body = me_body(&web_user("Bo", None, Some("ru")), None, &bot);
     assert_eq!(
