@@ -8,97 +8,34 @@
 //! ordinary run (counted as skipped); `scripts/image-check` builds the image
 //! from deploy/Dockerfile and runs this with `--ignored`.
 
+// A test file is its crate's root, so its modules are found by path.
+#[path = "deploy_image/compose.rs"]
+mod compose;
+#[path = "deploy_image/guide.rs"]
+mod guide;
+#[path = "deploy_image/railway.rs"]
+mod railway;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use e2e::container::{docker, image_under_test, Container};
-use e2e::harness::{
-    assert_token_absent, eventually, free_port, http_get, webhook_post, RedisOptions,
-};
+use e2e::harness::{assert_token_absent, eventually, free_port, http_get, webhook_post};
 use e2e::updates::{next_update_id, private_command};
-use e2e::{inline_buttons, FakeBotApi, RedisServer, TOKEN};
+use e2e::{inline_buttons, FakeBotApi, TOKEN};
+use guide::{metric_sum, missing_worker_metrics, GuideRedis, REDIS_PASSWORD};
+use railway::{railway_config, split_start};
 use serde_json::Value;
 
 /// What Railway would set as the ingress's public domain.
 const DOMAIN: &str = "tgbot-ingress.up.railway.app";
 const T: Duration = Duration::from_secs(30);
 
-/// One service's `deploy/*.railway.toml`, the fields the guide relies on.
-struct RailwayService {
-    start_command: String,
-    healthcheck_path: Option<String>,
-    healthcheck_timeout: Duration,
-    replicas: usize,
-    draining: Duration,
-}
-
-fn railway_config(file: &str) -> RailwayService {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../deploy")
-        .join(file);
-    let text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let v: toml::Table = text
-        .parse()
-        .unwrap_or_else(|e| panic!("{} is not valid TOML: {e}", path.display()));
-    let build = v["build"].as_table().expect("[build]");
-    assert_eq!(build["builder"].as_str(), Some("DOCKERFILE"), "{file}");
-    let dockerfile = build["dockerfilePath"].as_str().expect("dockerfilePath");
-    assert!(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("..")
-            .join(dockerfile)
-            .is_file(),
-        "{file}: dockerfilePath {dockerfile} does not exist"
-    );
-    let deploy = v["deploy"].as_table().expect("[deploy]");
-    let secs = |k: &str, default: i64| {
-        Duration::from_secs(
-            deploy
-                .get(k)
-                .map(|x| {
-                    x.as_integer()
-                        .unwrap_or_else(|| panic!("{file}: {k} is a number"))
-                })
-                .unwrap_or(default) as u64,
-        )
-    };
-    assert_eq!(
-        deploy.get("restartPolicyType").and_then(|x| x.as_str()),
-        Some("ALWAYS"),
-        "{file}"
-    );
-    RailwayService {
-        start_command: deploy["startCommand"]
-            .as_str()
-            .expect("startCommand")
-            .to_owned(),
-        healthcheck_path: deploy
-            .get("healthcheckPath")
-            .and_then(|x| x.as_str())
-            .map(str::to_owned),
-        // Railway's default healthcheck timeout is 300 s.
-        healthcheck_timeout: secs("healthcheckTimeout", 300),
-        replicas: deploy
-            .get("numReplicas")
-            .and_then(|x| x.as_integer())
-            .unwrap_or(1) as usize,
-        draining: secs("drainingSeconds", 0),
-    }
-}
-
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
-}
-
-/// The start command is exec form (no shell): one program, no arguments.
-fn split_start(cmd: &str) -> (String, Vec<String>) {
-    let mut parts = cmd.split_whitespace().map(str::to_owned);
-    let program = parts.next().expect("a start command");
-    (program, parts.collect())
 }
 
 fn repo_file(rel: &str) -> String {
@@ -223,15 +160,10 @@ async fn railway_guide_with_the_image() {
     let worker_cfg = railway_config("worker.railway.toml");
     assert!(worker_cfg.replicas >= 2, "the guide scales workers out");
 
-    // 1. Redis, with AOF as the guide asks.
-    let Some(redis) = RedisServer::start_with(RedisOptions {
-        aof: true,
-        ..Default::default()
-    })
-    .await
-    else {
-        return;
-    };
+    // 1. Redis, started with the guide's command (password, data on the
+    // volume, AOF, memory limit without eviction), in the Redis image.
+    let redis = GuideRedis::start().await;
+    redis.assert_configured_as_the_guide_says().await;
     // Stands in for api.telegram.org; the only variable the guide does not
     // list, because Railway's services reach the real one.
     let api = FakeBotApi::start().await;
@@ -242,16 +174,19 @@ async fn railway_guide_with_the_image() {
     let webapp = format!("https://{DOMAIN}/app/");
     let ingress_env = env(&[
         ("TELEGRAM_BOT_TOKEN", TOKEN),
-        ("REDIS_URL", &redis.url()),
+        ("REDIS_URL", &redis.url),
         ("RAILWAY_PUBLIC_DOMAIN", DOMAIN),
         ("PORT", &port.to_string()),
         ("TELEGRAM_API_URL", &api.url()),
     ]);
     let worker_env = env(&[
         ("TELEGRAM_BOT_TOKEN", TOKEN),
-        ("REDIS_URL", &redis.url()),
+        ("REDIS_URL", &redis.url),
         ("TELEGRAM_WEBAPP_URL", &webapp),
         ("TELEGRAM_API_URL", &api.url()),
+        // "Worker metrics": METRICS_PORT, and HOST=:: for the private
+        // network's IPv6.
+        ("HOST", "::"),
     ]);
 
     let (program, args) = split_start(&ingress_cfg.start_command);
@@ -316,10 +251,14 @@ async fn railway_guide_with_the_image() {
     let (program, args) = split_start(&worker_cfg.start_command);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut workers = Vec::new();
-    for i in 0..worker_cfg.replicas {
-        workers.push(
-            Container::run(&image, &format!("worker{i}"), &program, &args, &worker_env).await,
-        );
+    // On Railway every replica has its own address and the same
+    // METRICS_PORT; on the shared host network each needs its own port.
+    let metrics_ports: Vec<u16> = (0..worker_cfg.replicas).map(|_| free_port()).collect();
+    for (i, metrics_port) in metrics_ports.iter().enumerate() {
+        let mut vars = worker_env.clone();
+        vars.push(("METRICS_PORT".into(), metrics_port.to_string()));
+        let name = format!("worker{i}");
+        workers.push(Container::run(&image, &name, &program, &args, &vars).await);
     }
 
     // "Send /start to the bot; a worker's log shows the update and the reply."
@@ -376,6 +315,40 @@ async fn railway_guide_with_the_image() {
         .collect();
     assert_eq!(urls, vec![webapp.clone()], "{last}");
 
+    // "Worker metrics": every replica serves /healthz and /metrics over
+    // IPv6 with every metric of the guide's table; summed over the
+    // replicas, the two updates were handled once each.
+    let deadline = tokio::time::Instant::now() + T;
+    let scraped = loop {
+        let mut text = String::new();
+        for p in &metrics_ports {
+            let health = http_get(&format!("http://[::1]:{p}/healthz")).await;
+            assert!(matches!(&health, Ok(r) if r.status == 200), "{health:?}");
+            let m = http_get(&format!("http://[::1]:{p}/metrics"))
+                .await
+                .expect("a worker's /metrics");
+            assert_eq!(m.status, 200, "{}", m.body);
+            let missing = missing_worker_metrics(&m.body);
+            assert!(missing.is_empty(), "{missing:?} not in\n{}", m.body);
+            text.push_str(&m.body);
+        }
+        let handled = metric_sum(&text, "worker_updates_handled_total");
+        if handled == 2.0 || tokio::time::Instant::now() >= deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        metric_sum(&scraped, "worker_updates_handled_total"),
+        2.0,
+        "handled updates over the replicas:\n{scraped}"
+    );
+    let m = http_get(&format!("http://127.0.0.1:{port}/metrics")).await;
+    assert!(
+        matches!(&m, Ok(r) if r.status == 200),
+        "ingress /metrics: {m:?}"
+    );
+
     // The guide's operator commands, run inside the services as `railway
     // ssh` would: through `sh`, with the service's own variables.
     let info = ingress.shell("ingress webhook info").await;
@@ -386,6 +359,7 @@ async fn railway_guide_with_the_image() {
     let w0 = &workers[0];
     let stats = w0.shell("worker queue stats").await;
     assert!(stats.ok(), "{stats}");
+    assert!(!stats.stdout.contains(REDIS_PASSWORD), "{stats}");
     let json = w0.shell("worker queue stats --json").await;
     assert!(json.ok(), "{json}");
     let v: Value = serde_json::from_str(json.stdout.trim())
@@ -425,200 +399,9 @@ async fn railway_guide_with_the_image() {
         all.push_str(&w.logs().await);
     }
     assert_token_absent(&all);
+    assert!(
+        !all.contains(REDIS_PASSWORD),
+        "the Redis password (in REDIS_URL) is in the logs"
+    );
     api.assert_no_violations();
-}
-
-/// `docker compose` (v2) when the plugin is there, else `docker-compose`
-/// (v1, Debian's package; `--compatibility` makes it honour
-/// `deploy.replicas` as v2 does).
-async fn compose_cli() -> Vec<String> {
-    if docker(&["compose", "version"], &[], T).await.ok() {
-        return vec!["docker".into(), "compose".into()];
-    }
-    vec!["docker-compose".into(), "--compatibility".into()]
-}
-
-/// Takes a compose project down (containers, network, volumes) on drop.
-struct ComposeProject {
-    cli: Vec<String>,
-    args: Vec<String>,
-    /// Every compose command interpolates the file, so each needs these.
-    env: Vec<(String, String)>,
-}
-
-impl ComposeProject {
-    fn command(&self, more: &[&str]) -> std::process::Command {
-        let mut c = std::process::Command::new(&self.cli[0]);
-        c.args(&self.cli[1..]).args(&self.args).args(more);
-        c.env_remove("TELEGRAM_WEBHOOK_URL");
-        for (k, v) in &self.env {
-            c.env(k, v);
-        }
-        c
-    }
-}
-
-impl Drop for ComposeProject {
-    fn drop(&mut self) {
-        match self.command(&["down", "-v", "--timeout", "20"]).output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "compose down failed: {}\n{}",
-                o.status,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("compose down: {e}"),
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs a Docker engine and compose: run scripts/image-check"]
-async fn compose_file_runs_the_local_stack() {
-    // "TELEGRAM_BOT_TOKEN=123:abc docker compose -f deploy/docker-compose.yml
-    // up --build", with one override: the host network (so that the stack
-    // reaches the fake Bot API and nothing leaves loopback) and free ports
-    // in place of 6379/8080, which this machine may already use. The host
-    // network publishes every port, and compose refuses a port mapping
-    // beside it, so the copy under test loses its one `ports:` line.
-    let api = FakeBotApi::start().await;
-    let redis_port = free_port();
-    let http_port = free_port();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let dir = e2e::harness::target_dir().join("e2e-tmp");
-    std::fs::create_dir_all(&dir).unwrap();
-    let original = std::fs::read_to_string(root.join("deploy/docker-compose.yml")).unwrap();
-    let ports: Vec<&str> = original
-        .lines()
-        .filter(|l| l.trim_start().starts_with("ports:"))
-        .collect();
-    assert_eq!(
-        ports,
-        vec![r#"    ports: ["8080:8080"]"#],
-        "the compose file's port mapping"
-    );
-    let compose_file = dir.join(format!("compose-{}.yml", std::process::id()));
-    std::fs::write(
-        &compose_file,
-        original
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("ports:"))
-            .collect::<Vec<_>>()
-            .join("\n"),
-    )
-    .unwrap();
-    let context = root.canonicalize().unwrap().display().to_string();
-    let override_file = dir.join(format!("compose-override-{}.yml", std::process::id()));
-    std::fs::write(
-        &override_file,
-        format!(
-            r#"services:
-  redis:
-    network_mode: host
-    command: ["redis-server", "--appendonly", "yes", "--appendfsync", "everysec", "--bind", "127.0.0.1", "--port", "{redis_port}"]
-  ingress:
-    network_mode: host
-    build: {{ context: "{context}" }}
-    environment:
-      REDIS_URL: redis://127.0.0.1:{redis_port}
-      PORT: "{http_port}"
-  worker:
-    network_mode: host
-    build: {{ context: "{context}" }}
-    environment:
-      REDIS_URL: redis://127.0.0.1:{redis_port}
-"#
-        ),
-    )
-    .unwrap();
-    let project = ComposeProject {
-        cli: compose_cli().await,
-        args: vec![
-            "-p".into(),
-            format!("e2e-compose-{}", std::process::id()),
-            "-f".into(),
-            compose_file.display().to_string(),
-            "-f".into(),
-            override_file.display().to_string(),
-        ],
-        env: env(&[
-            ("TELEGRAM_BOT_TOKEN", TOKEN),
-            ("TELEGRAM_API_URL", &api.url()),
-        ]),
-    };
-    let mut up = tokio::process::Command::from(project.command(&["up", "-d", "--build"]));
-    up.kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(900), up.output())
-        .await
-        .expect("compose up finished within 15 min")
-        .expect("compose up ran");
-    assert!(
-        out.status.success(),
-        "compose up: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let logs = || {
-        let o = project
-            .command(&["logs", "--no-color"])
-            .output()
-            .expect("compose logs");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
-
-    // No TELEGRAM_WEBHOOK_URL: the single leased poller.
-    assert!(
-        api.wait_for_calls("getUpdates", 1, Duration::from_secs(60))
-            .await,
-        "the ingress never polled:\n{}",
-        logs()
-    );
-    let chat = 4_200_002;
-    api.push_update(private_command(
-        next_update_id(),
-        chat,
-        "Grace",
-        Some("en"),
-        "/start",
-    ));
-    assert!(
-        api.wait_for(Duration::from_secs(60), |calls| calls
-            .iter()
-            .any(|c| c.method == "sendMessage" && c.chat_id() == Some(chat)))
-            .await,
-        "no reply to /start:\n{}",
-        logs()
-    );
-
-    // Two workers, Redis with AOF, the ingress's health endpoint.
-    let ps = project.command(&["ps", "-q", "worker"]).output().unwrap();
-    let workers = String::from_utf8_lossy(&ps.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count();
-    assert_eq!(workers, 2, "worker replicas:\n{}", logs());
-    let client = redis::Client::open(format!("redis://127.0.0.1:{redis_port}")).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    let aof: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("appendonly")
-        .query_async(&mut c)
-        .await
-        .unwrap();
-    assert_eq!(aof, vec!["appendonly".to_owned(), "yes".to_owned()]);
-    let health = http_get(&format!("http://127.0.0.1:{http_port}/readyz"))
-        .await
-        .expect("readyz");
-    assert_eq!(health.status, 200);
-
-    let all = logs();
-    assert_token_absent(&all);
-    api.assert_no_violations();
-    drop(project);
-    let _ = std::fs::remove_file(&override_file);
-    let _ = std::fs::remove_file(&compose_file);
 }
