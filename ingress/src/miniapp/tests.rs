@@ -397,7 +397,7 @@ fn me_body_for_a_new_user() {
                      "language_code": "ru", "first_seen": null, "last_seen": null,
                      "messages": 0, "start_payload": null},
             "bot": {"users_total": 3, "users_new_24h": 1, "users_active_24h": 2,
-                    "updates_handled": 10, "queue_depth": 0}
+                    "updates_handled": 10, "queue_depth": 0, "users_blocked": 0}
         })
     );
 }
