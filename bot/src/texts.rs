@@ -133,12 +133,12 @@ pub fn stats(lang: Lang, bot: &BotStats, me: Option<&UserRecord>) -> String {
     };
     match lang {
         Lang::Ru => format!(
-            "Статистика бота:\nПользователей: {}\nНовых за 24 ч: {}\nАктивных за 24 ч: {}\nОбработано обновлений: {}\nВ очереди: {}\n\n{}",
-            bot.users_total, bot.users_new_24h, bot.users_active_24h, bot.updates_handled, bot.queue_depth, mine(lang)
+            "Статистика бота:\nПользователей: {}\nНовых за 24 ч: {}\nАктивных за 24 ч: {}\nЗаблокировали бота: {}\nОбработано обновлений: {}\nВ очереди: {}\n\n{}",
+            bot.users_total, bot.users_new_24h, bot.users_active_24h, bot.users_blocked, bot.updates_handled, bot.queue_depth, mine(lang)
         ),
         Lang::En => format!(
-            "Bot statistics:\nUsers total: {}\nNew in 24 h: {}\nActive in 24 h: {}\nUpdates handled: {}\nQueue depth: {}\n\n{}",
-            bot.users_total, bot.users_new_24h, bot.users_active_24h, bot.updates_handled, bot.queue_depth, mine(lang)
+            "Bot statistics:\nUsers total: {}\nNew in 24 h: {}\nActive in 24 h: {}\nBlocked the bot: {}\nUpdates handled: {}\nQueue depth: {}\n\n{}",
+            bot.users_total, bot.users_new_24h, bot.users_active_24h, bot.users_blocked, bot.updates_handled, bot.queue_depth, mine(lang)
         ),
     }
 }

@@ -103,6 +103,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Messages per second for the whole bot; 0 = unlimited.
     pub send_rate: u32,
+    /// Messages per second for broadcasts sent with
+    /// `allow_paid_broadcast`; `None`: broadcasts use the bot's budget.
+    pub paid_broadcast_rate: Option<u32>,
     pub worker_concurrency: usize,
     pub max_deliveries: u32,
     pub claim_idle: Duration,
@@ -333,6 +336,18 @@ impl Config {
             Some(_) => return Err(invalid("WORKER_ORDERING", "must be chat or none")),
         };
 
+        let paid_broadcast_rate = match get("TELEGRAM_PAID_BROADCAST_RATE") {
+            None => None,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(r) if (1..=1000).contains(&r) => Some(r),
+                _ => {
+                    return Err(invalid(
+                        "TELEGRAM_PAID_BROADCAST_RATE",
+                        "must be messages per second, 1 to 1000",
+                    ))
+                }
+            },
+        };
         let deadlines =
             crate::queue::Deadlines::parse(get("WORKER_DEADLINES").as_deref().unwrap_or(""))
                 .map_err(|e| invalid("WORKER_DEADLINES", e.to_string()))?;
@@ -340,6 +355,7 @@ impl Config {
         Ok(Self {
             per_chat_order,
             deadlines,
+            paid_broadcast_rate,
             instance: crate::instance::Instance::new(),
             token: if disabled { None } else { token },
             disabled,

@@ -17,6 +17,7 @@
 //!   builder, the command registry (routing, `/help`, menu), the handler's
 //!   context and what a handler returns;
 //! - [`sender`]: Bot API calls under the shared budget, 429 and retries;
+//! - [`broadcaster`]: sends the running broadcasts, batch by leased batch;
 //! - [`menu`]: publishes the command menu once per change;
 //! - [`cli`], [`admin`]: the operator commands (`queue stats|dead|replay-dead`);
 //! - [`health`], [`metrics`]: `/healthz` and `/metrics` on `METRICS_PORT`;
@@ -25,6 +26,7 @@
 
 pub mod admin;
 pub mod bot;
+pub mod broadcaster;
 pub mod cli;
 pub mod commands;
 pub mod consumer;
@@ -193,6 +195,18 @@ pub async fn run_with<S: Send + Sync + 'static>(
         handlers,
         engine,
     };
+    let broadcasts = {
+        let sender = match config.paid_broadcast_rate {
+            Some(rate) => sender::Sender::paid(api.clone(), store.clone(), rate),
+            None => sender::Sender::new(api.clone(), store.clone(), config.send_rate),
+        };
+        let b = broadcaster::Broadcaster {
+            store: store.clone(),
+            sender: Arc::new(sender),
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(b.run(cancel.clone()))
+    };
     let consumer = consumer::Consumer::new(
         consumer::Settings {
             name,
@@ -210,6 +224,7 @@ pub async fn run_with<S: Send + Sync + 'static>(
     );
     consumer.run(cancel.clone()).await;
     cancel.cancel();
+    let _ = broadcasts.await;
     if let Some(h) = health {
         let _ = h.await;
     }

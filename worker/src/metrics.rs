@@ -41,6 +41,7 @@ pub struct Metrics {
     pub lane_depth: Family<LaneLabel, Gauge>,
     pub lane_oldest_age: Family<LaneLabel, Gauge>,
     pub delayed_replies: Gauge,
+    pub outbound: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -67,6 +68,12 @@ impl Default for Metrics {
         let lane_depth = Family::<LaneLabel, Gauge>::default();
         let lane_oldest_age = Family::<LaneLabel, Gauge>::default();
         let delayed_replies = Gauge::default();
+        let outbound = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "worker_outbound_sends",
+            "Outbound sends (outbox messages and broadcast recipients), by outcome (sent, failed, blocked, again, replied, refused, unknown)",
+            outbound.clone(),
+        );
         registry.register(
             "worker_updates_expired",
             "Fast-lane updates past their kind's deadline: ended unanswered (WORKER_DEADLINES)",
@@ -172,6 +179,7 @@ impl Default for Metrics {
             lane_depth,
             lane_oldest_age,
             delayed_replies,
+            outbound,
         }
     }
 }
@@ -179,6 +187,10 @@ impl Default for Metrics {
 impl Metrics {
     pub fn handled(&self, outcome: &'static str) {
         self.handled.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub fn outbound(&self, outcome: &'static str) {
+        self.outbound.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     pub fn expired(&self, kind: &'static str) {

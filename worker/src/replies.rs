@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::dispatch::{Handled, Outcome};
 use crate::metrics::Metrics;
 use crate::reply::Call;
-use crate::sender::{SendError, Sender};
+use crate::sender::{Priority, SendError, Sender};
 
 /// A reply kept in the store until sent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +40,26 @@ pub struct Kept {
     /// Failed sends so far (5xx, network), kept across a wait put aside.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failures: u64,
+    /// An outbox message (no update behind it; `shared::outbound`): sent
+    /// at the lowest priority.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outbound: bool,
+    /// Telegram answered 403 (blocked, deactivated, kicked): the caller
+    /// marks the user. Never stored.
+    #[serde(skip)]
+    pub blocked: bool,
+}
+
+impl Kept {
+    pub fn priority(&self) -> Priority {
+        if self.urgent {
+            Priority::Urgent
+        } else if self.outbound {
+            Priority::Outbound
+        } else {
+            Priority::Reply
+        }
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -57,6 +77,8 @@ impl Kept {
             sent: 0,
             urgent,
             failures: 0,
+            outbound: false,
+            blocked: false,
         })
     }
 
@@ -71,6 +93,8 @@ impl Kept {
             sent: 0,
             urgent: false,
             failures: 0,
+            outbound: false,
+            blocked: false,
         }
     }
 
@@ -94,11 +118,12 @@ pub async fn send(sender: &Sender, metrics: &Metrics, kept: &mut Kept) -> Pass {
     while kept.sent < kept.calls.len() {
         let call = &kept.calls[kept.sent];
         match sender
-            .send(&call.method, call.params.clone(), metrics, kept.urgent)
+            .send(&call.method, call.params.clone(), metrics, kept.priority())
             .await
         {
             Ok(_) => kept.sent += 1,
             Err(SendError::Final(e)) => {
+                kept.blocked = e.code() == Some(403);
                 info!(chat_id = kept.chat_id, method = %call.method, reason = %e,
                     "reply refused by Telegram; update ends here");
                 return Pass::Ended(Outcome::Refused);

@@ -41,6 +41,17 @@ const GLOBAL_BURST: u64 = 5;
 /// backlog's: with the budget saturated by ordinary replies, an urgent one
 /// still goes at once.
 const URGENT_BURST: u64 = 10;
+
+/// Who goes first when the budget is short. Each level may use headroom
+/// the next one may not (GCRA tolerance), so under a saturated budget an
+/// urgent answer passes a reply, and a reply passes an outbound message:
+/// broadcasts use what the budget leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Urgent,
+    Reply,
+    Outbound,
+}
 /// Waits up to this long are slept where they happen; longer ones give
 /// the handler slot back ([`SendError::Wait`]).
 pub const HOLD_AT_MOST: Duration = Duration::from_secs(1);
@@ -95,6 +106,8 @@ pub struct Sender {
     /// Until when this process knows the whole bot is paused: the reader
     /// takes no new work meanwhile (it could only put replies aside).
     paused_until: Mutex<Option<Instant>>,
+    /// Draws from the paid-broadcast budget (`TELEGRAM_PAID_BROADCAST_RATE`).
+    paid: bool,
 }
 
 impl Sender {
@@ -104,6 +117,17 @@ impl Sender {
             store,
             rate,
             paused_until: Mutex::new(None),
+            paid: false,
+        }
+    }
+
+    /// A sender for paid broadcasts: its own budget at `rate` messages/s,
+    /// every send with `allow_paid_broadcast` (Telegram charges for what
+    /// goes above the free 30/s).
+    pub fn paid(api: BotApi, store: Arc<dyn SendBudget>, rate: u32) -> Self {
+        Self {
+            paid: true,
+            ..Self::new(api, store, rate)
         }
     }
 
@@ -126,16 +150,16 @@ impl Sender {
 
     /// Waits until the shared budget allows one message to `chat_id`, or
     /// says how long a pause Telegram asked for still lasts.
-    async fn admit(&self, chat_id: i64, urgent: bool) -> Result<(), SendError> {
+    async fn admit(&self, chat_id: i64, priority: Priority) -> Result<(), SendError> {
         // Unlimited rate: still one check, for Telegram's pauses.
         let interval = match self.rate {
             0 => 0,
             r => 1_000_000 / u64::from(r),
         };
-        let burst = if urgent {
-            GLOBAL_BURST + URGENT_BURST
-        } else {
-            GLOBAL_BURST
+        let burst = match priority {
+            Priority::Urgent => GLOBAL_BURST + URGENT_BURST,
+            Priority::Reply => GLOBAL_BURST,
+            Priority::Outbound => 1,
         };
         let (chat_interval_us, chat_tolerance_us) = if chat_id < 0 && self.rate > 0 {
             (GROUP_INTERVAL_US, GROUP_INTERVAL_US * (GROUP_BURST - 1))
@@ -143,6 +167,7 @@ impl Sender {
             (0, 0)
         };
         let budget = Budget {
+            paid: self.paid,
             chat_id,
             interval_us: interval,
             tolerance_us: interval * (burst - 1),
@@ -178,21 +203,23 @@ impl Sender {
     /// at once, never resent. A group upgraded to a supergroup (400 with
     /// `migrate_to_chat_id`) is followed once.
     ///
-    /// `urgent`: the answer to an update with a deadline, which may use
-    /// budget headroom the backlog's replies may not.
+    /// `priority`: who goes first when the budget is short ([`Priority`]).
     pub async fn send(
         &self,
         method: &str,
         mut params: Value,
         metrics: &Metrics,
-        urgent: bool,
+        priority: Priority,
     ) -> Result<Value, SendError> {
+        if self.paid {
+            params["allow_paid_broadcast"] = Value::Bool(true);
+        }
         let mut chat_id = params.get("chat_id").and_then(Value::as_i64).unwrap_or(0);
         let mut transient = 0;
         let mut migrated = false;
         loop {
             if !is_answer(method) {
-                self.admit(chat_id, urgent).await?;
+                self.admit(chat_id, priority).await?;
             }
             match self
                 .api

@@ -203,6 +203,9 @@ pub enum Scope {
 /// tolerance: it may use headroom the backlog's sends may not.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {
+    /// Paid broadcasts (`allow_paid_broadcast`) draw from a budget of their
+    /// own, apart from the bot's 30 messages/s.
+    pub paid: bool,
     pub chat_id: i64,
     pub interval_us: u64,
     pub tolerance_us: u64,

@@ -486,7 +486,12 @@ impl Directory for RedisStore {
 impl SendBudget for RedisStore {
     fn admit(&self, b: Budget) -> StoreFuture<'_, Admit> {
         let mut inv = scripts().send_budget.prepare_invoke();
-        inv.key(self.keys.rate_global())
+        let pool = if b.paid {
+            self.keys.rate_paid()
+        } else {
+            self.keys.rate_global()
+        };
+        inv.key(pool)
             .key(self.keys.rate_chat(b.chat_id))
             .key(self.keys.pause_bot())
             .key(self.keys.pause_chat(b.chat_id))

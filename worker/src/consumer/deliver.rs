@@ -272,6 +272,9 @@ impl Consumer {
         loop {
             match replies::send(&self.sender, &self.metrics, kept).await {
                 Pass::Ended(outcome) => {
+                    if kept.blocked {
+                        self.blocked(kept.chat_id).await;
+                    }
                     self.reply_sent(id, &kept.key).await;
                     return Some(outcome);
                 }
@@ -303,6 +306,17 @@ impl Consumer {
                     *permit = self.slots(lane).acquire_owned().await.ok();
                 }
             }
+        }
+    }
+
+    /// A 403: the user blocked the bot (or is gone); later broadcasts skip
+    /// them, `/stats` counts them. Best effort: the send's outcome stands.
+    pub(super) async fn blocked(&self, chat_id: Option<i64>) {
+        let Some(chat_id) = chat_id.filter(|c| *c > 0) else {
+            return;
+        };
+        if let Err(e) = self.store.mark_blocked(chat_id).await {
+            debug!(error = %e, chat_id, "could not mark the user as blocking the bot");
         }
     }
 

@@ -241,8 +241,12 @@ impl Consumer {
                     continue; // still ours: the heartbeat just missed it
                 }
             }
-            self.metrics.reclaimed.inc();
-            info!(update_id = kept.update_id, entry = %o.id, "took over a reply its worker left unsent");
+            if kept.outbound {
+                debug!(entry = %o.id, chat_id = kept.chat_id, "sending an outbox message");
+            } else {
+                self.metrics.reclaimed.inc();
+                info!(update_id = kept.update_id, entry = %o.id, "took over a reply its worker left unsent");
+            }
             let this = self.clone();
             self.tasks.spawn(
                 async move {
@@ -254,7 +258,11 @@ impl Consumer {
                     };
                     let mut permit = this.slots(lane).acquire_owned().await.ok();
                     if let Some(outcome) = this.send_kept(&o.id, &mut kept, &mut permit).await {
-                        this.metrics.handled(outcome.label());
+                        if kept.outbound {
+                            this.metrics.outbound(outcome.label());
+                        } else {
+                            this.metrics.handled(outcome.label());
+                        }
                     }
                     if let Ok(mut s) = this.inflight.lock() {
                         s.remove(&o.id);

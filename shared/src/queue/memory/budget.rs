@@ -21,7 +21,12 @@ impl SendBudget for MemoryStore {
                 return Admit::ChatPaused(w as u64);
             }
             let tat = |s: &State, k: &str| s.rate.get(k).copied().unwrap_or(0).max(now);
-            let g = tat(s, &self.keys.rate_global());
+            let pool = if b.paid {
+                self.keys.rate_paid()
+            } else {
+                self.keys.rate_global()
+            };
+            let g = tat(s, &pool);
             let mut wait = g - b.tolerance_us as i64 - now;
             let chat_key = self.keys.rate_chat(b.chat_id);
             let c = tat(s, &chat_key);
@@ -31,8 +36,7 @@ impl SendBudget for MemoryStore {
             if wait > 0 {
                 return Admit::Rate(wait as u64);
             }
-            s.rate
-                .insert(self.keys.rate_global(), g + b.interval_us as i64);
+            s.rate.insert(pool, g + b.interval_us as i64);
             if b.chat_interval_us > 0 {
                 s.rate.insert(chat_key, c + b.chat_interval_us as i64);
             }
