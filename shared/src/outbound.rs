@@ -117,14 +117,21 @@ pub struct Recipient {
     pub chat_id: i64,
 }
 
-fn object<'a>(v: &'a Value, field: &str) -> Result<&'a serde_json::Map<String, Value>, BadOutbound> {
-    v.as_object().ok_or_else(|| bad(field, "must be a JSON object"))
+fn object<'a>(
+    v: &'a Value,
+    field: &str,
+) -> Result<&'a serde_json::Map<String, Value>, BadOutbound> {
+    v.as_object()
+        .ok_or_else(|| bad(field, "must be a JSON object"))
 }
 
 /// Checks a message's method and parameters; `with_chat`: whether
 /// `params.chat_id` must be there (one message) or must not (a broadcast
 /// sets it per recipient).
-fn message(body: &serde_json::Map<String, Value>, with_chat: bool) -> Result<OutMessage, BadOutbound> {
+fn message(
+    body: &serde_json::Map<String, Value>,
+    with_chat: bool,
+) -> Result<OutMessage, BadOutbound> {
     let method = body
         .get("method")
         .ok_or_else(|| bad("method", "missing"))?
@@ -143,17 +150,26 @@ fn message(body: &serde_json::Map<String, Value>, with_chat: bool) -> Result<Out
     match (params.get("chat_id"), with_chat) {
         (None, true) => return Err(bad("params.chat_id", "missing")),
         (Some(c), true) if !(c.is_i64() || c.as_str().is_some_and(|s| s.starts_with('@'))) => {
-            return Err(bad("params.chat_id", "must be an integer or an @channel name"))
+            return Err(bad(
+                "params.chat_id",
+                "must be an integer or an @channel name",
+            ))
         }
         (Some(_), false) => {
-            return Err(bad("params.chat_id", "set per recipient; use \"to\" instead"))
+            return Err(bad(
+                "params.chat_id",
+                "set per recipient; use \"to\" instead",
+            ))
         }
         _ => {}
     }
     let need_str = |field: &str| -> Result<(), BadOutbound> {
         match params.get(field) {
             Some(Value::String(s)) if !s.is_empty() => Ok(()),
-            Some(_) => Err(bad(&format!("params.{field}"), "must be a non-empty string")),
+            Some(_) => Err(bad(
+                &format!("params.{field}"),
+                "must be a non-empty string",
+            )),
             None => Err(bad(&format!("params.{field}"), "missing")),
         }
     };
@@ -192,11 +208,12 @@ pub fn parse_outbox(body: &[u8]) -> Result<(OutMessage, Option<i64>), BadOutboun
     let msg = message(obj, true)?;
     let not_before = match obj.get("not_before") {
         None | Some(Value::Null) => None,
-        Some(n) => Some(
-            n.as_i64()
-                .filter(|n| *n >= 0)
-                .ok_or_else(|| bad("not_before", "must be unix seconds (a non-negative integer)"))?,
-        ),
+        Some(n) => Some(n.as_i64().filter(|n| *n >= 0).ok_or_else(|| {
+            bad(
+                "not_before",
+                "must be unix seconds (a non-negative integer)",
+            )
+        })?),
     };
     Ok((msg, not_before))
 }
@@ -211,7 +228,10 @@ pub fn parse_broadcast(body: &[u8]) -> Result<(OutMessage, Audience), BadOutboun
         Some(Value::String(s)) if s == "all" => Audience::All,
         Some(Value::Array(list)) if !list.is_empty() => Audience::Chats(
             list.iter()
-                .map(|c| c.as_i64().ok_or_else(|| bad("to", "chat ids must be integers")))
+                .map(|c| {
+                    c.as_i64()
+                        .ok_or_else(|| bad("to", "chat ids must be integers"))
+                })
                 .collect::<Result<_, _>>()?,
         ),
         Some(_) => return Err(bad("to", "must be \"all\" or a non-empty list of chat ids")),
@@ -240,9 +260,10 @@ mod tests {
 
     #[test]
     fn a_good_outbox_body_parses_and_bad_ones_name_their_field() {
-        let (m, nb) =
-            parse_outbox(br#"{"method":"sendMessage","params":{"chat_id":1,"text":"hi"},"not_before":5}"#)
-                .unwrap();
+        let (m, nb) = parse_outbox(
+            br#"{"method":"sendMessage","params":{"chat_id":1,"text":"hi"},"not_before":5}"#,
+        )
+        .unwrap();
         assert_eq!((m.method.as_str(), nb), ("sendMessage", Some(5)));
         let field = |b: &[u8]| parse_outbox(b).unwrap_err().field;
         assert_eq!(field(b"nope"), "body");
@@ -250,9 +271,18 @@ mod tests {
         assert_eq!(field(br#"{"params":{}}"#), "method");
         assert_eq!(field(br#"{"method":"getMe","params":{}}"#), "method");
         assert_eq!(field(br#"{"method":"sendMessage"}"#), "params");
-        assert_eq!(field(br#"{"method":"sendMessage","params":{"text":"x"}}"#), "params.chat_id");
-        assert_eq!(field(br#"{"method":"sendMessage","params":{"chat_id":1}}"#), "params.text");
-        assert_eq!(field(br#"{"method":"sendPhoto","params":{"chat_id":1}}"#), "params.photo");
+        assert_eq!(
+            field(br#"{"method":"sendMessage","params":{"text":"x"}}"#),
+            "params.chat_id"
+        );
+        assert_eq!(
+            field(br#"{"method":"sendMessage","params":{"chat_id":1}}"#),
+            "params.text"
+        );
+        assert_eq!(
+            field(br#"{"method":"sendPhoto","params":{"chat_id":1}}"#),
+            "params.photo"
+        );
         assert_eq!(
             field(br#"{"method":"copyMessage","params":{"chat_id":1,"from_chat_id":2}}"#),
             "params.message_id"
@@ -265,13 +295,23 @@ mod tests {
 
     #[test]
     fn a_broadcast_takes_an_audience_and_no_chat() {
-        let (m, to) = parse_broadcast(br#"{"method":"sendMessage","params":{"text":"x"},"to":"all"}"#).unwrap();
+        let (m, to) =
+            parse_broadcast(br#"{"method":"sendMessage","params":{"text":"x"},"to":"all"}"#)
+                .unwrap();
         assert_eq!((m.method.as_str(), to), ("sendMessage", Audience::All));
-        let (_, to) = parse_broadcast(br#"{"method":"sendMessage","params":{"text":"x"},"to":[1,2]}"#).unwrap();
+        let (_, to) =
+            parse_broadcast(br#"{"method":"sendMessage","params":{"text":"x"},"to":[1,2]}"#)
+                .unwrap();
         assert_eq!(to, Audience::Chats(vec![1, 2]));
         let field = |b: &[u8]| parse_broadcast(b).unwrap_err().field;
-        assert_eq!(field(br#"{"method":"sendMessage","params":{"text":"x"}}"#), "to");
-        assert_eq!(field(br#"{"method":"sendMessage","params":{"text":"x"},"to":[]}"#), "to");
+        assert_eq!(
+            field(br#"{"method":"sendMessage","params":{"text":"x"}}"#),
+            "to"
+        );
+        assert_eq!(
+            field(br#"{"method":"sendMessage","params":{"text":"x"},"to":[]}"#),
+            "to"
+        );
         assert_eq!(
             field(br#"{"method":"sendMessage","params":{"text":"x","chat_id":1},"to":"all"}"#),
             "params.chat_id"
@@ -280,7 +320,9 @@ mod tests {
 
     #[test]
     fn the_kept_body_names_its_chat_and_call() {
-        let (m, _) = parse_outbox(br#"{"method":"sendMessage","params":{"chat_id":7,"text":"hi"}}"#).unwrap();
+        let (m, _) =
+            parse_outbox(br#"{"method":"sendMessage","params":{"chat_id":7,"text":"hi"}}"#)
+                .unwrap();
         let v: Value = serde_json::from_str(&kept_body(&m)).unwrap();
         assert_eq!(v["chat_id"], 7);
         assert_eq!(v["calls"][0]["method"], "sendMessage");

@@ -76,26 +76,27 @@ pub async fn bot(
     now_ms: i64,
 ) -> redis::RedisResult<BotStats> {
     let since = now_ms - DAY_MS;
-    let (total, new, active, handled, depth, blocked): (u64, u64, u64, Option<u64>, u64, u64) = redis::pipe()
-        .cmd("ZCARD")
-        .arg(keys.users_first_seen())
-        .cmd("ZCOUNT")
-        .arg(keys.users_first_seen())
-        .arg(since)
-        .arg("+inf")
-        .cmd("ZCOUNT")
-        .arg(keys.users_last_seen())
-        .arg(since)
-        .arg("+inf")
-        .cmd("HGET")
-        .arg(keys.counters())
-        .arg("updates_handled")
-        .cmd("XLEN")
-        .arg(keys.stream())
-        .cmd("ZCARD")
-        .arg(keys.users_blocked())
-        .query_async(conn)
-        .await?;
+    let (total, new, active, handled, depth, blocked): (u64, u64, u64, Option<u64>, u64, u64) =
+        redis::pipe()
+            .cmd("ZCARD")
+            .arg(keys.users_first_seen())
+            .cmd("ZCOUNT")
+            .arg(keys.users_first_seen())
+            .arg(since)
+            .arg("+inf")
+            .cmd("ZCOUNT")
+            .arg(keys.users_last_seen())
+            .arg(since)
+            .arg("+inf")
+            .cmd("HGET")
+            .arg(keys.counters())
+            .arg("updates_handled")
+            .cmd("XLEN")
+            .arg(keys.stream())
+            .cmd("ZCARD")
+            .arg(keys.users_blocked())
+            .query_async(conn)
+            .await?;
     Ok(BotStats {
         users_total: total,
         users_new_24h: new,

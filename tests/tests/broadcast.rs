@@ -35,14 +35,22 @@ async fn status(store: &RedisStore, id: &str) -> BroadcastStatus {
         .expect("known broadcast")
 }
 
-async fn wait_state(store: &RedisStore, id: &str, state: &str, timeout: Duration) -> BroadcastStatus {
+async fn wait_state(
+    store: &RedisStore,
+    id: &str,
+    state: &str,
+    timeout: Duration,
+) -> BroadcastStatus {
     let deadline = Instant::now() + timeout;
     loop {
         let st = status(store, id).await;
         if st.state == state {
             return st;
         }
-        assert!(Instant::now() < deadline, "broadcast not {state} in {timeout:?}: {st:?}");
+        assert!(
+            Instant::now() < deadline,
+            "broadcast not {state} in {timeout:?}: {st:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -94,8 +102,14 @@ async fn a_broadcast_survives_a_killed_worker_skips_blocked_users_and_lets_repli
         s.logs_tail()
     );
     let asked = Instant::now();
-    s.post_ok(&private_command(next_update_id(), 42, "Ann", Some("en"), "/start"))
-        .await;
+    s.post_ok(&private_command(
+        next_update_id(),
+        42,
+        "Ann",
+        Some("en"),
+        "/start",
+    ))
+    .await;
     let reply = s.wait_nth_reply(42, 1, Duration::from_secs(10)).await;
     let reply_ms = (reply.at - asked).as_millis();
 
@@ -108,7 +122,11 @@ async fn a_broadcast_survives_a_killed_worker_skips_blocked_users_and_lets_repli
     let done = wait_state(&store, &id, "done", T).await;
     let secs = started.elapsed().as_secs_f64();
     let got = received(&s, "news #1");
-    let reached: Vec<i64> = chats.iter().copied().filter(|c| !blocked.contains(c)).collect();
+    let reached: Vec<i64> = chats
+        .iter()
+        .copied()
+        .filter(|c| !blocked.contains(c))
+        .collect();
     let missing = reached.iter().filter(|c| !got.contains_key(c)).count();
     let duplicates: usize = got.values().map(|n| n - 1).sum();
     let to_blocked = blocked.iter().filter(|c| got.contains_key(c)).count();
@@ -128,11 +146,21 @@ async fn a_broadcast_survives_a_killed_worker_skips_blocked_users_and_lets_repli
     );
     assert_eq!(missing, 0);
     assert_eq!(to_blocked, 0);
-    assert!(duplicates <= worker::broadcaster::BATCH, "{duplicates} duplicates");
+    assert!(
+        duplicates <= worker::broadcaster::BATCH,
+        "{duplicates} duplicates"
+    );
     assert_eq!(done.blocked, blocked.len() as u64);
     assert_eq!(done.sent + done.blocked, N as u64);
-    assert_eq!(s.api.flood_refusals(), 0, "the budget let Telegram refuse sends");
-    assert!(reply_ms < 1_000, "/start waited {reply_ms} ms behind the broadcast");
+    assert_eq!(
+        s.api.flood_refusals(),
+        0,
+        "the budget let Telegram refuse sends"
+    );
+    assert!(
+        reply_ms < 1_000,
+        "/start waited {reply_ms} ms behind the broadcast"
+    );
 
     // The blocked users are marked: a second broadcast skips them.
     let before = s.api.calls_to("sendMessage").len();
@@ -172,7 +200,11 @@ async fn pause_resume_and_cancel_do_what_they_say() {
         .unwrap();
     assert!(eventually(T, || async { received(&s, "promo").len() >= 50 }).await);
 
-    let paused = store.broadcast_control(&id, Control::Pause).await.unwrap().unwrap();
+    let paused = store
+        .broadcast_control(&id, Control::Pause)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(paused.state, "paused");
     // What was in flight at the pause finishes; then nothing more.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -180,11 +212,19 @@ async fn pause_resume_and_cancel_do_what_they_say() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(received(&s, "promo").len(), at_pause, "sent while paused");
 
-    let resumed = store.broadcast_control(&id, Control::Resume).await.unwrap().unwrap();
+    let resumed = store
+        .broadcast_control(&id, Control::Resume)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resumed.state, "running");
     assert!(eventually(T, || async { received(&s, "promo").len() >= at_pause + 50 }).await);
 
-    let cancelled = store.broadcast_control(&id, Control::Cancel).await.unwrap().unwrap();
+    let cancelled = store
+        .broadcast_control(&id, Control::Cancel)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(cancelled.state, "cancelled");
     assert_eq!(cancelled.left, 0);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -197,5 +237,11 @@ async fn pause_resume_and_cancel_do_what_they_say() {
         end.state, end.sent, end.total
     );
     assert!(end.sent < end.total);
-    assert_eq!(store.broadcast_control("b-unknown", Control::Pause).await.unwrap(), None);
+    assert_eq!(
+        store
+            .broadcast_control("b-unknown", Control::Pause)
+            .await
+            .unwrap(),
+        None
+    );
 }

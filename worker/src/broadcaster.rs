@@ -52,7 +52,10 @@ impl Broadcaster {
                             return;
                         }
                         if let Some(wait) = self.sender.paused_for() {
-                            debug!(wait_ms = wait.as_millis() as u64, "bot paused; broadcasts wait");
+                            debug!(
+                                wait_ms = wait.as_millis() as u64,
+                                "bot paused; broadcasts wait"
+                            );
                             break;
                         }
                         busy |= self.batch(&id, &mut messages).await;

@@ -16,8 +16,8 @@ use shared::outbound::{
 };
 use shared::queue::{
     Admit, Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination,
-    DeadLetterRequest, Delivery, Depth, Directory, Head, Intake, Lane, MemoryStore, OrphanReply, Outbound,
-    Read, Scope, SendBudget, Store, StoreError, StoreFuture,
+    DeadLetterRequest, Delivery, Depth, Directory, Head, Intake, Lane, MemoryStore, OrphanReply,
+    Outbound, Read, Scope, SendBudget, Store, StoreError, StoreFuture,
 };
 use shared::stats::{BotStats, UserRecord};
 use shared::telegram::BotApi;

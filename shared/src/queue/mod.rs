@@ -29,7 +29,9 @@ pub use memory::{MemoryDeadLetter, MemoryStore};
 pub use redis_store::RedisStore;
 
 use crate::envelope::{Enqueued, Entry, Probe};
-use crate::outbound::{Audience, BroadcastStatus, Control, OutMessage, Recipient, RecipientOutcome};
+use crate::outbound::{
+    Audience, BroadcastStatus, Control, OutMessage, Recipient, RecipientOutcome,
+};
 use crate::stats::{BotStats, UserRecord};
 
 #[derive(Debug, thiserror::Error)]

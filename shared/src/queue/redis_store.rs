@@ -83,7 +83,9 @@ fn connection_broke(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
-pub(super) async fn bounded<T>(f: impl std::future::Future<Output = redis::RedisResult<T>>) -> StoreResult<T> {
+pub(super) async fn bounded<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> StoreResult<T> {
     match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
         Ok(r) => r.map_err(StoreError::from),
         Err(_) => Err(StoreError::Timeout),

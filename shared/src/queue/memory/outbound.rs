@@ -44,7 +44,11 @@ impl Outbound for MemoryStore {
         }))
     }
 
-    fn broadcast_create<'a>(&'a self, _: &'a OutMessage, _: &'a Audience) -> StoreFuture<'a, String> {
+    fn broadcast_create<'a>(
+        &'a self,
+        _: &'a OutMessage,
+        _: &'a Audience,
+    ) -> StoreFuture<'a, String> {
         unsupported()
     }
 
@@ -72,11 +76,20 @@ impl Outbound for MemoryStore {
         ready(Vec::new())
     }
 
-    fn broadcast_take<'a>(&'a self, _: &'a str, _: usize, _: u64) -> StoreFuture<'a, Vec<Recipient>> {
+    fn broadcast_take<'a>(
+        &'a self,
+        _: &'a str,
+        _: usize,
+        _: u64,
+    ) -> StoreFuture<'a, Vec<Recipient>> {
         ready(Vec::new())
     }
 
-    fn broadcast_record<'a>(&'a self, _: &'a Recipient, _: RecipientOutcome) -> StoreFuture<'a, ()> {
+    fn broadcast_record<'a>(
+        &'a self,
+        _: &'a Recipient,
+        _: RecipientOutcome,
+    ) -> StoreFuture<'a, ()> {
         ready(())
     }
 
