@@ -353,7 +353,7 @@ async fn api_me_answers_stats_from_redis() {
         assert_eq!(
             j["bot"],
             json!({"users_total": 2, "users_new_24h": 1, "users_active_24h": 1,
-                   "updates_handled": 99, "queue_depth": 2})
+                   "updates_handled": 99, "queue_depth": 2, "users_blocked": 0})
         );
     }
 
