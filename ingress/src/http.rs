@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -34,28 +34,90 @@ pub struct AppState {
     /// `None` when the bot is disabled: the webhook path then answers 404.
     pub secret: Option<String>,
     pub metrics: Arc<Metrics>,
+    /// `OUTBOX_API_KEY`; `None`: the outbound API's routes answer 404.
+    pub outbox_key: Option<String>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let outbound = match state.outbox_key {
+        Some(_) => crate::outbound::router(),
+        None => crate::outbound::disabled(),
+    };
     Router::new()
         .route("/telegram/webhook/", post(webhook))
         .route("/telegram/webhook", post(webhook))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(outbound)
         .with_state(state)
 }
 
-fn error(status: StatusCode, msg: &str) -> Response {
+pub(crate) fn error(status: StatusCode, msg: &str) -> Response {
     let body = serde_json::json!({ "ok": false, "error": msg }).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-fn unavailable(msg: &str) -> Response {
+pub(crate) fn unavailable(msg: &str) -> Response {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, msg);
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     r
+}
+
+/// Why a request body was not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyError {
+    TooLarge,
+    Timeout,
+    Unreadable,
+}
+
+impl BodyError {
+    /// The `reason` label of the rejection metric.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Timeout => "body_timeout",
+            Self::Unreadable => "body_read",
+        }
+    }
+
+    pub(crate) fn response(self) -> Response {
+        match self {
+            Self::TooLarge => error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB"),
+            Self::Timeout => {
+                let mut r = error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body did not arrive in time",
+                );
+                // The rest of the body may still come; the connection is not reusable.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
+            Self::Unreadable => error(StatusCode::BAD_REQUEST, "could not read the request body"),
+        }
+    }
+}
+
+/// Reads a body of at most [`MAX_BODY`] within [`BODY_TIMEOUT`]; a declared
+/// length over the limit is refused before a byte is read.
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, BodyError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let collect = http_body_util::Limited::new(body, MAX_BODY).collect();
+    match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+        Err(_) => Err(BodyError::Timeout),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(_)) => Err(BodyError::Unreadable),
+    }
 }
 
 async fn webhook(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
@@ -76,35 +138,11 @@ async fn webhook(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body
             "missing or wrong X-Telegram-Bot-Api-Secret-Token",
         );
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        st.metrics.reject("too_large");
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB");
-    }
-    let collect = http_body_util::Limited::new(body, MAX_BODY).collect();
-    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
-        st.metrics.reject("body_timeout");
-        let mut r = error(
-            StatusCode::REQUEST_TIMEOUT,
-            "the request body did not arrive in time",
-        );
-        // The rest of the body may still come; the connection is not reusable.
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
-    };
-    let bytes = match collected {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            st.metrics.reject("too_large");
-            return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 1 MiB");
-        }
-        Err(_) => {
-            st.metrics.reject("body_read");
-            return error(StatusCode::BAD_REQUEST, "could not read the request body");
+    let bytes = match read_body(&headers, body).await {
+        Ok(b) => b,
+        Err(e) => {
+            st.metrics.reject(e.label());
+            return e.response();
         }
     };
     let probe = match envelope::probe(&bytes) {

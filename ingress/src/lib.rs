@@ -13,14 +13,16 @@
 //! deadline. Alongside: [`registration`] sets and watches the
 //! webhook once per configuration change, [`poller`] is the single leased
 //! `getUpdates` loop when no public URL exists, [`miniapp`] is the optional
-//! Mini App (page and initData-checked `/api/me`), and [`cli`] holds
-//! `ingress webhook info|set|delete`.
+//! Mini App (page and initData-checked `/api/me`), [`outbound`] is the
+//! app's own HTTP API for messages and broadcasts (`OUTBOX_API_KEY`), and
+//! [`cli`] holds `ingress webhook info|set|delete`.
 
 pub mod cli;
 pub mod http;
 pub mod lanes;
 pub mod metrics;
 pub mod miniapp;
+pub mod outbound;
 pub mod poller;
 pub mod registration;
 pub mod server;
@@ -102,6 +104,7 @@ pub async fn serve_with(
         lanes: lanes.clone(),
         secret: (!config.disabled).then(|| config.webhook_secret.clone()),
         metrics: Arc::new(metrics::Metrics::default()),
+        outbox_key: config.outbox_api_key.clone(),
     });
     let app = http::router(state.clone()).merge(pages);
 

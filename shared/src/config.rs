@@ -111,6 +111,10 @@ pub struct Config {
     pub claim_idle: Duration,
     pub metrics_port: Option<u16>,
     pub initdata_max_age: Duration,
+    /// `OUTBOX_API_KEY`: the bearer key of the outbound HTTP API
+    /// (`/api/outbox`, `/api/broadcasts`); `None` turns the API off (its
+    /// routes answer 404). A secret: redacted in `Debug`, never logged.
+    pub outbox_api_key: Option<String>,
     /// Keep each chat's updates in acceptance order across workers.
     pub per_chat_order: bool,
     /// Fast-lane deadlines per kind (`WORKER_DEADLINES` over the defaults).
@@ -127,6 +131,10 @@ impl fmt::Debug for Config {
             .field("disabled", &self.disabled)
             .field("webhook_url", &self.webhook_url.as_ref().map(Url::as_str))
             .field("webhook_secret", &"<redacted>")
+            .field(
+                "outbox_api_key",
+                &self.outbox_api_key.as_ref().map(|_| "<redacted>"),
+            )
             .field("api_url", &self.api_url.as_str())
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("redis_key_prefix", &self.redis_keys.prefix())
@@ -326,6 +334,19 @@ impl Config {
             60,
         )?;
 
+        // Visible ASCII only: it travels in an HTTP header, and a key no
+        // client can send would lock the API shut without saying why.
+        let outbox_api_key = match get("OUTBOX_API_KEY") {
+            Some(k) if k.bytes().all(|b| b.is_ascii_graphic()) => Some(k),
+            Some(_) => {
+                return Err(invalid(
+                    "OUTBOX_API_KEY",
+                    "must be visible ASCII without spaces (it is sent as `Authorization: Bearer <key>`)",
+                ))
+            }
+            None => None,
+        };
+
         let per_chat_order = match get("WORKER_ORDERING")
             .as_deref()
             .map(str::to_ascii_lowercase)
@@ -380,6 +401,7 @@ impl Config {
             claim_idle: Duration::from_millis(claim_idle_ms),
             metrics_port,
             initdata_max_age: Duration::from_secs(initdata_max_age),
+            outbox_api_key,
         })
     }
 
@@ -600,6 +622,28 @@ mod tests {
             assert_eq!(redact_url(raw), want, "{raw}");
         }
         assert!(!redact_url("not a url hunter2").contains("hunter2"));
+    }
+
+    #[test]
+    fn outbox_key_is_optional_checked_and_never_shown() {
+        let base = ("DISABLE_TELEGRAM_BOT", "yes");
+        assert_eq!(cfg(&[base]).unwrap().outbox_api_key, None);
+        assert_eq!(
+            cfg(&[base, ("OUTBOX_API_KEY", " ")])
+                .unwrap()
+                .outbox_api_key,
+            None
+        );
+        let c = cfg(&[base, ("OUTBOX_API_KEY", "k-3f9a_Secret")]).unwrap();
+        assert_eq!(c.outbox_api_key.as_deref(), Some("k-3f9a_Secret"));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("k-3f9a_Secret") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        let e = cfg(&[base, ("OUTBOX_API_KEY", "two words")]).unwrap_err();
+        assert!(e.to_string().contains("OUTBOX_API_KEY"), "{e}");
+        assert!(!e.to_string().contains("two words"), "{e}");
     }
 
     #[test]
