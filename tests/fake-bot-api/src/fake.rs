@@ -174,8 +174,8 @@ impl FakeBotApi {
     }
 
     /// Forgets recorded calls, violations, 429 windows and early retries,
-    /// and lifts the chat and bot-wide limits with their records (not the
-    /// webhook, the commands or the update queue).
+    /// and lifts the chat and bot-wide limits and the flood limit with
+    /// their records (not the webhook, the commands or the update queue).
     pub fn reset(&self) {
         self.inner.reset_limits();
         lock(&self.inner.calls).clear();

@@ -19,8 +19,9 @@
 //!   one-per-second limit.
 //! - Scriptable faults (429 with `retry_after`, 403 blocked, 400 chat not
 //!   found, 500/502, delays, getMe failures) through [`Faults`], and
-//!   Telegram's flood limits - a chat in flood wait, a bot-wide 429 window -
-//!   through [`limits`].
+//!   Telegram's flood limits - a chat in flood wait, a bot-wide 429 window,
+//!   a bot-wide rate of sends per second - through [`limits`] and
+//!   [`flood`].
 //! - Every call is recorded ([`Call`]) with its parsed parameters, arrival
 //!   time and the HTTP status it got.
 //!
@@ -37,6 +38,7 @@
 //! - [`faults`]: [`Faults`] and the methods that script them;
 //! - [`limits`]: per-chat and bot-wide 429s and what reached the fake
 //!   while they held;
+//! - [`flood`]: the bot-wide rate limit, a sliding one-second window;
 //! - [`record`]: what is remembered ([`Call`], 429 windows, early retries,
 //!   the webhook);
 //! - `server`: the axum handler - parse, check, delay, record, answer;
@@ -50,6 +52,7 @@
 
 pub mod fake;
 pub mod faults;
+pub mod flood;
 pub mod limits;
 mod methods;
 mod params;

@@ -1,6 +1,7 @@
 //! Telegram's flood limits as the fake answers them: a chat in flood wait
-//! (every call to it answered 429 until lifted) and a bot-wide window
-//! (every send-like call answered 429 for a while, whatever the chat).
+//! (every call to it answered 429 until lifted), a bot-wide window (every
+//! send-like call answered 429 for a while, whatever the chat) and the
+//! bot-wide rate ([`crate::flood`]: more than so many sends a second).
 //!
 //! Both answer exactly as Telegram does - status 429 and
 //! `{"ok":false,"error_code":429,"description":"Too Many Requests: retry
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use crate::fake::FakeBotApi;
+use crate::flood::{Flood, FLOOD_RETRY_AFTER};
 use crate::record::{chat_i64, chat_key, BotRateLimit, EarlyRetry, LimitedSend, RateLimitWindow};
 use crate::server::{lock, too_many, Answer, Inner};
 
@@ -55,6 +57,7 @@ pub(crate) struct Limits {
     /// whether every method was refused (a chat limit) or only send-like
     /// ones (a bot-wide limit) - what counts as an early retry.
     until: HashMap<String, (Instant, bool)>,
+    pub(crate) flood: Flood,
 }
 
 impl Inner {
@@ -101,7 +104,11 @@ impl Inner {
         if let (Some(c), Some(_)) = (chat, chat_limit) {
             *l.chat_429s.entry(c).or_default() += 1;
         }
-        let retry_after = chat_limit.max(bot_limit)?;
+        // Checked last: a call refused above is not answered 200, so it
+        // takes no place in the flood window.
+        let flood = (send && chat_limit.is_none() && bot_limit.is_none() && !l.flood.admit(at))
+            .then_some(FLOOD_RETRY_AFTER);
+        let retry_after = chat_limit.max(bot_limit).or(flood)?;
         if let Some(key) = key {
             let allowed_at = at + Duration::from_secs(retry_after);
             l.until
@@ -116,7 +123,8 @@ impl Inner {
         Some(too_many(retry_after))
     }
 
-    /// Lifts every limit (chat and bot-wide), keeping the records.
+    /// Lifts the chat and bot-wide limits, keeping the records (the flood
+    /// limit stays: it is how the API behaves, not a fault).
     pub(crate) fn lift_limits(&self) {
         let now = Instant::now();
         let mut l = lock(&self.limits);

@@ -98,7 +98,7 @@ pub(crate) fn too_many(retry_after: u64) -> Answer {
 const BAD_GATEWAY_PAGE: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.18.0</center>\r\n</body>\r\n</html>\r\n";
 
 impl Answer {
-    fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             Answer::Ok(_) | Answer::OkDesc(..) => 200,
             Answer::Err { code, .. } => *code,
@@ -288,5 +288,6 @@ async fn route(
         tokio::time::sleep(Duration::from_micros(us)).await;
     }
     let answer = st.dispatch(&m.name, &params).await;
+    st.flood_release(&m.name, at, answer.status());
     (m.name.clone(), answer, params)
 }

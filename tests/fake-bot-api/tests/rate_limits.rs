@@ -212,3 +212,128 @@ async fn reset_and_clear_faults_lift_the_limits() {
     assert!(api.bot_rate_limits().is_empty());
     assert!(api.early_retries().is_empty(), "reset forgot the windows");
 }
+
+/// Checks every recorded send-like call against the flood rule, from the
+/// arrival times alone (so it holds however slow the machine): a call was
+/// answered 429 exactly when `limit` send-like calls answered 200 had
+/// arrived in the second before it. For calls made one at a time.
+fn assert_flood_rule(api: &FakeBotApi, limit: usize) {
+    let calls: Vec<_> = api
+        .calls()
+        .into_iter()
+        .filter(|c| fake_bot_api::is_send_like(&c.method))
+        .collect();
+    for (i, c) in calls.iter().enumerate() {
+        let before = calls[..i]
+            .iter()
+            .filter(|p| p.ok() && c.at.duration_since(p.at) < Duration::from_secs(1))
+            .count();
+        if c.status == 429 {
+            assert_eq!(before, limit, "call {i} refused: {:?}", c.params);
+            assert_eq!(c.response, too_many(1));
+        } else if c.ok() {
+            assert!(before < limit, "call {i} passed over the limit");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_flood_limit_refuses_sends_beyond_the_rate_in_a_sliding_second() {
+    let api = FakeBotApi::start().await;
+    api.flood_limit(3);
+    let send = |chat: i64| json!({"chat_id": chat, "text": "hi"});
+    let copy = json!({"chat_id": 5, "from_chat_id": 1, "message_id": 9});
+
+    // A call answered otherwise than 200 takes no place (a 400: the
+    // fake's chat-not-found fault).
+    api.chat_not_found(99);
+    let first = Instant::now();
+    let mut got = vec![call(&api, "sendMessage", send(99)).await.0];
+    for chat in 1..=4 {
+        got.push(call(&api, "sendMessage", send(chat)).await.0);
+    }
+    got.push(call(&api, "copyMessage", copy).await.0);
+    // Calls that are not sends are not limited.
+    assert_eq!(call(&api, "getMe", json!({})).await.0, 200);
+    if first.elapsed() < Duration::from_millis(900) {
+        // The fourth send-like call within the second, whatever its chat
+        // or method, is refused.
+        assert_eq!(got, [400, 200, 200, 200, 429, 429]);
+        assert_eq!(api.flood_refusals(), 2);
+        // Each refusal opened a window for its chat.
+        assert!(api
+            .rate_limit_windows()
+            .iter()
+            .any(|w| w.chat == "4" && w.retry_after == 1));
+    }
+    assert_flood_rule(&api, 3);
+
+    // Sliding: once those arrivals are a second old, there is room again
+    // (and the refused ones never counted).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = Instant::now();
+    let mut got = Vec::new();
+    for chat in 6..=9 {
+        got.push(call(&api, "sendMessage", send(chat)).await.0);
+    }
+    if again.elapsed() < Duration::from_millis(900) {
+        assert_eq!(got, [200, 200, 200, 429]);
+    }
+    assert_flood_rule(&api, 3);
+    let refused = api.flood_refusals();
+    assert!(refused >= 1, "{refused}");
+
+    // clear_faults keeps it (it is the API's behaviour, not a fault);
+    // reset removes it and its count.
+    api.clear_faults();
+    let s = call(&api, "sendMessage", send(10)).await.0;
+    if again.elapsed() < Duration::from_millis(900) {
+        assert_eq!(s, 429);
+    }
+    api.reset();
+    assert_eq!(api.flood_refusals(), 0);
+    for chat in 11..=20 {
+        assert_eq!(call(&api, "sendMessage", send(chat)).await.0, 200);
+    }
+    assert_eq!(api.flood_refusals(), 0);
+    api.assert_no_violations();
+}
+
+#[tokio::test]
+async fn a_paced_client_never_meets_the_flood_limit_and_a_bursting_one_does() {
+    let api = FakeBotApi::start().await;
+    api.flood_limit(20);
+    let burst = |from: i64| {
+        let calls = (from..from + 20).map(|chat| {
+            let api = api.clone();
+            async move {
+                call(&api, "sendMessage", json!({"chat_id": chat, "text": "x"}))
+                    .await
+                    .0
+            }
+        });
+        futures::future::join_all(calls)
+    };
+    // 20 concurrent sends fit the second; 20 more at once are refused.
+    let started = Instant::now();
+    let statuses = burst(1).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    let statuses = burst(100).await;
+    if started.elapsed() < Duration::from_millis(900) {
+        assert!(statuses.iter().all(|&s| s == 429), "{statuses:?}");
+        assert_eq!(api.flood_refusals(), 20);
+    }
+    let refused = statuses.iter().filter(|&&s| s == 429).count();
+    assert_eq!(api.flood_refusals(), refused);
+
+    api.reset();
+    api.flood_limit(20);
+    // One send every 60 ms is under 17 a second: never refused.
+    for chat in 1..=25 {
+        let s = call(&api, "sendMessage", json!({"chat_id": chat, "text": "x"})).await;
+        assert_eq!(s.0, 200, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(api.flood_refusals(), 0);
+    api.assert_no_violations();
+}
