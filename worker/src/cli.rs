@@ -1,5 +1,8 @@
 //! The command line of a bot built on the engine: no arguments runs the
-//! worker; `queue ...` are the operator commands, which need only Redis.
+//! worker; `queue ...` and `broadcast ...` (in [`broadcast`]) are the
+//! operator commands, which need only Redis.
+
+pub mod broadcast;
 
 use std::process::ExitCode;
 
@@ -10,7 +13,8 @@ use shared::Config;
 use crate::Bot;
 
 /// Consumes the update stream and runs the bot's commands. With no
-/// arguments it works; `queue` subcommands inspect the queue.
+/// arguments it works; `queue` subcommands inspect the queue, `broadcast`
+/// ones send a message to many users.
 #[derive(Parser)]
 #[command(name = "worker", version, about)]
 struct Cli {
@@ -24,6 +28,11 @@ enum Command {
     Queue {
         #[command(subcommand)]
         action: QueueAction,
+    },
+    /// Send one message to every user or a list of chats, and steer it.
+    Broadcast {
+        #[command(subcommand)]
+        action: broadcast::BroadcastAction,
     },
 }
 
@@ -58,6 +67,7 @@ pub fn main<S: Send + Sync + 'static>(bot: Bot<S>) -> ExitCode {
                     .await
             }
             Some(Command::Queue { action }) => queue(config, action).await,
+            Some(Command::Broadcast { action }) => broadcast::run(config, action).await,
         }
     })
 }
