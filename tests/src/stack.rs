@@ -595,14 +595,19 @@ impl Stack {
         }
     }
 
-    /// `XLEN` of the update stream.
+    /// Entries in the update streams: the ordinary lane and the fast lane
+    /// (updates with a deadline).
     pub async fn stream_len(&self) -> u64 {
         let mut c = self.redis_conn().await;
-        redis::cmd("XLEN")
+        let (ordinary, fast): (u64, u64) = redis::pipe()
+            .cmd("XLEN")
             .arg(self.keys.stream())
+            .cmd("XLEN")
+            .arg(self.keys.fast_stream())
             .query_async(&mut c)
             .await
-            .expect("XLEN")
+            .expect("XLEN");
+        ordinary + fast
     }
 
     /// Fails if any call violated the Bot API spec or any log holds the
@@ -680,6 +685,8 @@ pub struct QueueState {
     pub consumers: i64,
     /// Replies of handled updates not yet sent (`tgbot:replies`).
     pub kept: i64,
+    /// Entries of the fast lane not ended yet (ended ones are deleted).
+    pub fast: i64,
 }
 
 impl QueueState {
@@ -687,6 +694,7 @@ impl QueueState {
         self.group_exists
             && self.pending == 0
             && self.kept == 0
+            && self.fast == 0
             && self.last_delivered_id == self.last_generated_id
     }
 }
@@ -736,6 +744,11 @@ pub async fn queue_state_of(redis_url: &str, keys: &Keys) -> Option<QueueState> 
     }
     st.kept = redis::cmd("HLEN")
         .arg(keys.replies())
+        .query_async(&mut c)
+        .await
+        .unwrap_or(0);
+    st.fast = redis::cmd("XLEN")
+        .arg(keys.fast_stream())
         .query_async(&mut c)
         .await
         .unwrap_or(0);
