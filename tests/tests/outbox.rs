@@ -363,3 +363,37 @@ async fn a_broadcast_is_created_and_its_status_read() {
     .await;
     assert_eq!((a.status, &a.body["field"]), (400, &json!("to")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_cli_is_the_third_door() {
+    let Some(s) = Stack::start().await else {
+        return;
+    };
+    let chat = 910_077;
+    let args = [
+        "outbox",
+        "send",
+        "--chat",
+        "910077",
+        "--text",
+        "maintenance at 22:00",
+        "--idempotency-key",
+        "maint-1",
+    ];
+    let (st, out, err) = s.worker_command(&args).await;
+    assert!(st.success(), "{out}{err}");
+    let (st2, out2, err2) = s.worker_command(&args).await;
+    assert!(st2.success(), "{out2}{err2}");
+    assert!(out2.contains("already stored") || err2.contains("already stored"), "{out2}{err2}");
+    let call = s.wait_reply(chat, Duration::from_secs(10), |_| true).await;
+    assert_eq!(call.param("text"), "maintenance at 22:00");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(sends_to(&s, chat), 1);
+    let (bad, _, err) = s
+        .worker_command(&["outbox", "send", "--chat", "1", "--text", ""])
+        .await;
+    assert_eq!(bad.code(), Some(2), "{err}");
+    assert!(err.contains("params.text"), "{err}");
+    eprintln!("OUTBOX cli: `worker outbox send` twice with one key -> 1 message; empty text -> exit 2 naming params.text");
+    s.assert_clean();
+}

@@ -3,6 +3,7 @@
 //! operator commands, which need only Redis.
 
 pub mod broadcast;
+pub mod outbox;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,17 @@ enum Command {
         #[command(subcommand)]
         action: broadcast::BroadcastAction,
     },
+    /// One message to one chat through the outbox.
+    Outbox {
+        #[command(subcommand)]
+        action: OutboxAction,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum OutboxAction {
+    /// Store a message for the workers to send (durable at once).
+    Send(outbox::OutboxArgs),
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -68,6 +80,9 @@ pub fn main<S: Send + Sync + 'static>(bot: Bot<S>) -> ExitCode {
             }
             Some(Command::Queue { action }) => queue(config, action).await,
             Some(Command::Broadcast { action }) => broadcast::run(config, action).await,
+            Some(Command::Outbox {
+                action: OutboxAction::Send(args),
+            }) => outbox::send(config, args).await,
         }
     })
 }

@@ -8,7 +8,8 @@ use serde_json::Value;
 use teloxide_core::types::Update;
 
 use shared::envelope::now_ms;
-use shared::queue::{Directory, Write};
+use shared::outbound::{Audience, OutMessage};
+use shared::queue::{Store, Write};
 use shared::stats::{BotStats, UserRecord};
 use shared::telegram::BotApi;
 
@@ -19,8 +20,9 @@ use crate::reply::HandlerError;
 pub(crate) struct Engine {
     pub username: String,
     pub api: BotApi,
-    /// Handlers read the directory and their own hashes, nothing else.
-    pub store: Arc<dyn Directory>,
+    /// Handlers read the directory and their own hashes, and hand
+    /// messages to the outbox; they never touch the queue itself.
+    pub store: Arc<dyn Store>,
     pub commands: Vec<CommandInfo>,
 }
 
@@ -71,6 +73,8 @@ struct Inner<S> {
     private: bool,
     chat_id: Option<i64>,
     writes: Mutex<Vec<Write>>,
+    /// Outbox messages handed over so far (numbers their idempotency keys).
+    sent_later: std::sync::atomic::AtomicU32,
 }
 
 impl<S> Clone for Ctx<S> {
@@ -105,6 +109,7 @@ impl<S> Ctx<S> {
                 private: p.private,
                 chat_id: p.chat_id,
                 writes: Mutex::new(Vec::new()),
+                sent_later: std::sync::atomic::AtomicU32::new(0),
             }),
         }
     }
@@ -235,6 +240,40 @@ impl<S> Ctx<S> {
             .store
             .kv_get(hash, &field.to_string())
             .await?)
+    }
+
+    /// Hands a message to the outbox (the same door as `POST /api/outbox`):
+    /// durable at once, sent by a worker through the shared budget after
+    /// the replies, no earlier than `not_before` (unix seconds) if given.
+    /// Once per update: its idempotency key is this update's id and the
+    /// message's place among this handler's outbox messages, so a
+    /// redelivered update stores nothing new. Returns the message's id.
+    pub async fn send_later(
+        &self,
+        msg: OutMessage,
+        not_before: Option<i64>,
+    ) -> Result<String, HandlerError> {
+        let n = self
+            .inner
+            .sent_later
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let key = format!("update-{}-{n}", self.update_id());
+        let due = not_before.map_or_else(now_ms, |s| s.saturating_mul(1000));
+        let (id, _) = self
+            .inner
+            .engine
+            .store
+            .outbox_put(&msg, due, Some(&key))
+            .await?;
+        Ok(id)
+    }
+
+    /// Starts a broadcast of `msg` to `to` (needs Redis). Not tied to the
+    /// update: a handler that runs again would start another - start
+    /// broadcasts from an operator's command, or check
+    /// [`Self::get`]/[`Self::set_once`] first.
+    pub async fn broadcast(&self, msg: OutMessage, to: Audience) -> Result<String, HandlerError> {
+        Ok(self.inner.engine.store.broadcast_create(&msg, &to).await?)
     }
 
     fn write(&self, w: Write) {

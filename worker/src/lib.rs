@@ -46,6 +46,7 @@ pub use bot::Bot;
 pub use commands::{CommandInfo, Description};
 pub use ctx::{Ctx, UserRef};
 pub use reply::{HandlerError, Reply};
+pub use shared::outbound::{Audience, OutMessage};
 pub use shared::stats::{BotStats, UserRecord};
 /// The typed Bot API model handlers receive (teloxide-core).
 pub use teloxide_core::types;
