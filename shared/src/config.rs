@@ -580,6 +580,23 @@ mod tests {
         ])
         .unwrap_err();
         assert!(e.to_string().contains("WORKER_DEADLINES"), "{e}");
+        for bad in ["0", "1001", "fast"] {
+            let e = cfg(&[
+                ("TELEGRAM_BOT_TOKEN", TOKEN),
+                ("TELEGRAM_PAID_BROADCAST_RATE", bad),
+            ])
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("TELEGRAM_PAID_BROADCAST_RATE"),
+                "{e}"
+            );
+        }
+        let c = cfg(&[
+            ("TELEGRAM_BOT_TOKEN", TOKEN),
+            ("TELEGRAM_PAID_BROADCAST_RATE", "500"),
+        ])
+        .unwrap();
+        assert_eq!(c.paid_broadcast_rate, Some(500));
     }
 
     #[test]

@@ -384,7 +384,10 @@ async fn the_operator_cli_is_the_third_door() {
     assert!(st.success(), "{out}{err}");
     let (st2, out2, err2) = s.worker_command(&args).await;
     assert!(st2.success(), "{out2}{err2}");
-    assert!(out2.contains("already stored") || err2.contains("already stored"), "{out2}{err2}");
+    assert!(
+        out2.contains("already stored") || err2.contains("already stored"),
+        "{out2}{err2}"
+    );
     let call = s.wait_reply(chat, Duration::from_secs(10), |_| true).await;
     assert_eq!(call.param("text"), "maintenance at 22:00");
     tokio::time::sleep(Duration::from_millis(1000)).await;

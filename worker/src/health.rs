@@ -58,6 +58,18 @@ async fn metrics_handler(State(st): State<Arc<HealthState>>) -> impl IntoRespons
         st.metrics.pending.set(pending as i64);
         let (delayed, _) = st.store.delayed_replies().await?;
         st.metrics.delayed_replies.set(delayed as i64);
+        st.metrics
+            .replies_kept
+            .set(st.store.kept_replies().await? as i64);
+        let running = st.store.broadcasts_running().await?;
+        let mut left = 0;
+        for id in &running {
+            if let Some(b) = st.store.broadcast_status(id).await? {
+                left += b.left;
+            }
+        }
+        st.metrics.broadcasts_running.set(running.len() as i64);
+        st.metrics.broadcast_left.set(left as i64);
         Ok::<_, shared::queue::StoreError>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), refresh).await;

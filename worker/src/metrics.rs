@@ -42,6 +42,9 @@ pub struct Metrics {
     pub lane_oldest_age: Family<LaneLabel, Gauge>,
     pub delayed_replies: Gauge,
     pub outbound: Family<OutcomeLabel, Counter>,
+    pub replies_kept: Gauge,
+    pub broadcasts_running: Gauge,
+    pub broadcast_left: Gauge,
 }
 
 impl Default for Metrics {
@@ -69,6 +72,24 @@ impl Default for Metrics {
         let lane_oldest_age = Family::<LaneLabel, Gauge>::default();
         let delayed_replies = Gauge::default();
         let outbound = Family::<OutcomeLabel, Counter>::default();
+        let replies_kept = Gauge::default();
+        let broadcasts_running = Gauge::default();
+        let broadcast_left = Gauge::default();
+        registry.register(
+            "queue_replies_kept",
+            "Replies and outbox messages stored and not sent yet (the outbox's depth included)",
+            replies_kept.clone(),
+        );
+        registry.register(
+            "broadcasts_running",
+            "Broadcasts being sent",
+            broadcasts_running.clone(),
+        );
+        registry.register(
+            "broadcast_recipients_left",
+            "Recipients the running broadcasts have not reached yet",
+            broadcast_left.clone(),
+        );
         registry.register(
             "worker_outbound_sends",
             "Outbound sends (outbox messages and broadcast recipients), by outcome (sent, failed, blocked, again, replied, refused, unknown)",
@@ -180,6 +201,9 @@ impl Default for Metrics {
             lane_oldest_age,
             delayed_replies,
             outbound,
+            replies_kept,
+            broadcasts_running,
+            broadcast_left,
         }
     }
 }

@@ -214,6 +214,9 @@ impl Delivery for FlakyLookups {
     fn delayed_replies(&self) -> StoreFuture<'_, (u64, Option<i64>)> {
         self.inner.delayed_replies()
     }
+    fn kept_replies(&self) -> StoreFuture<'_, u64> {
+        Delivery::kept_replies(&self.inner)
+    }
     fn renew_replies<'a>(&'a self, ids: &'a [String], until_ms: i64) -> StoreFuture<'a, ()> {
         self.inner.renew_replies(ids, until_ms)
     }

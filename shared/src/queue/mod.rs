@@ -338,6 +338,8 @@ pub trait Delivery: Send + Sync {
     ) -> StoreFuture<'a, ()>;
     /// Replies put aside and the earliest due time (ms), for the operator.
     fn delayed_replies(&self) -> StoreFuture<'_, (u64, Option<i64>)>;
+    /// Replies and outbox messages stored and not sent yet.
+    fn kept_replies(&self) -> StoreFuture<'_, u64>;
     /// Extends the leases of replies this worker is still sending.
     fn renew_replies<'a>(&'a self, ids: &'a [String], until_ms: i64) -> StoreFuture<'a, ()>;
     /// Replies whose lease ran out (their worker died), each now leased to

@@ -388,6 +388,19 @@ impl Delivery for RedisStore {
         .boxed()
     }
 
+    fn kept_replies(&self) -> StoreFuture<'_, u64> {
+        async move {
+            let mut c = self.conn.clone();
+            bounded(
+                redis::cmd("HLEN")
+                    .arg(self.keys.replies())
+                    .query_async(&mut c),
+            )
+            .await
+        }
+        .boxed()
+    }
+
     fn delayed_replies(&self) -> StoreFuture<'_, (u64, Option<i64>)> {
         async move {
             let mut c = self.conn.clone();

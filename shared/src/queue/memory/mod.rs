@@ -635,6 +635,10 @@ impl Delivery for MemoryStore {
         ready(())
     }
 
+    fn kept_replies(&self) -> StoreFuture<'_, u64> {
+        ready(self.with(|s| s.replies.len() as u64))
+    }
+
     fn delayed_replies(&self) -> StoreFuture<'_, (u64, Option<i64>)> {
         ready(self.with(|s| (s.delayed.len() as u64, s.delayed.values().min().copied())))
     }
