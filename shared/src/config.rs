@@ -106,6 +106,9 @@ pub struct Config {
     /// Messages per second for broadcasts sent with
     /// `allow_paid_broadcast`; `None`: broadcasts use the bot's budget.
     pub paid_broadcast_rate: Option<u32>,
+    /// How long a worker holds a broadcast recipient it is sending to;
+    /// a killed worker's recipients are sent by another after it.
+    pub broadcast_lease: Duration,
     pub worker_concurrency: usize,
     pub max_deliveries: u32,
     pub claim_idle: Duration,
@@ -369,6 +372,17 @@ impl Config {
                 }
             },
         };
+        let broadcast_lease_ms: u64 = parse_num(
+            get("WORKER_BROADCAST_LEASE_MS"),
+            "WORKER_BROADCAST_LEASE_MS",
+            75_000,
+        )?;
+        if broadcast_lease_ms < 1_000 {
+            return Err(invalid(
+                "WORKER_BROADCAST_LEASE_MS",
+                "must be at least 1000",
+            ));
+        }
         let deadlines =
             crate::queue::Deadlines::parse(get("WORKER_DEADLINES").as_deref().unwrap_or(""))
                 .map_err(|e| invalid("WORKER_DEADLINES", e.to_string()))?;
@@ -377,6 +391,7 @@ impl Config {
             per_chat_order,
             deadlines,
             paid_broadcast_rate,
+            broadcast_lease: Duration::from_millis(broadcast_lease_ms),
             instance: crate::instance::Instance::new(),
             token: if disabled { None } else { token },
             disabled,

@@ -75,6 +75,9 @@ async fn a_broadcast_survives_a_killed_worker_skips_blocked_users_and_lets_repli
     let Some(mut s) = Stack::builder()
         .workers(2)
         .worker_env("TELEGRAM_SEND_RATE", "280")
+        // The fake answers at once: a short lease brings the killed
+        // worker's batch back soon.
+        .worker_env("WORKER_BROADCAST_LEASE_MS", "5000")
         .start()
         .await
     else {
@@ -133,7 +136,7 @@ async fn a_broadcast_survives_a_killed_worker_skips_blocked_users_and_lets_repli
     println!(
         "broadcast to {N} chats ({} blocked), 2 workers, one killed after {at_kill} sends: \
          {} received, {missing} missing, {duplicates} duplicates (bound: {} in flight per worker), \
-         status sent {} blocked {} failed {}, done in {:.1} s (the killed worker's batch waited out its lease), 429s from the fake: {}, \
+         status sent {} blocked {} failed {}, done in {:.1} s (the killed worker's batch waited out its 5 s lease), 429s from the fake: {}, \
          /start during it answered in {reply_ms} ms",
         blocked.len(),
         got.len(),

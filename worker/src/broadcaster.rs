@@ -25,9 +25,6 @@ use crate::sender::{Priority, SendError, Sender};
 
 /// Recipients one worker takes at a time (and may send twice at a crash).
 pub const BATCH: usize = 8;
-/// How long a recipient stays leased: past the longest a send may take
-/// (the Bot API timeout), after which another worker may send it.
-const LEASE: Duration = Duration::from_secs(75);
 /// How often the running broadcasts are looked for when there are none.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -35,6 +32,10 @@ pub struct Broadcaster {
     pub store: Arc<dyn Store>,
     pub sender: Arc<Sender>,
     pub metrics: Arc<Metrics>,
+    /// How long a recipient stays leased (`WORKER_BROADCAST_LEASE_MS`):
+    /// past the longest a send may take (the Bot API timeout, 60 s), after
+    /// which another worker may send it.
+    pub lease: Duration,
 }
 
 impl Broadcaster {
@@ -90,7 +91,7 @@ impl Broadcaster {
         let msg = &messages[id];
         let batch = match self
             .store
-            .broadcast_take(id, BATCH, LEASE.as_millis() as u64)
+            .broadcast_take(id, BATCH, self.lease.as_millis() as u64)
             .await
         {
             Ok(b) if !b.is_empty() => b,

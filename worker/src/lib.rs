@@ -205,6 +205,7 @@ pub async fn run_with<S: Send + Sync + 'static>(
             store: store.clone(),
             sender: Arc::new(sender),
             metrics: metrics.clone(),
+            lease: config.broadcast_lease,
         };
         tokio::spawn(b.run(cancel.clone()))
     };
