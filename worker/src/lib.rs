@@ -19,7 +19,8 @@
 //! - [`sender`]: Bot API calls under the shared budget, 429 and retries;
 //! - [`broadcaster`]: sends the running broadcasts, batch by leased batch;
 //! - [`menu`]: publishes the command menu once per change;
-//! - [`cli`], [`admin`]: the operator commands (`queue stats|dead|replay-dead`);
+//! - [`cli`], [`admin`]: the operator commands (`queue stats|dead|replay-dead`,
+//!   `broadcast send|list|status|pause|resume|cancel`, `outbox send`);
 //! - [`health`], [`metrics`]: `/healthz` and `/metrics` on `METRICS_PORT`;
 //! - `testkit` (feature `testkit`): a bot's tests in-process, on the
 //!   embedded queue against the spec-checked fake Bot API.
