@@ -235,7 +235,7 @@ impl TestKit {
             // long 429 is over): the "handled" mark comes first, the reply
             // after it.
             if self.store.is_done(update_id).await.unwrap_or(false)
-                && self.store.kept_replies() == 0
+                && self.store.replies_being_sent() == 0
             {
                 return Ending::Handled;
             }

@@ -198,7 +198,7 @@ impl MemoryStore {
     /// user only once its reply is out).
     /// Replies put aside until Telegram lets them go (a long 429) are not
     /// counted: they are waiting, not being sent.
-    pub fn kept_replies(&self) -> usize {
+    pub fn replies_being_sent(&self) -> usize {
         self.state
             .lock()
             .map(|s| {
