@@ -55,8 +55,17 @@ pub enum IngressError {
 /// ends the process.
 pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), IngressError> {
     let redis_url = config.redis_url_or_default().to_owned();
-    let store =
-        RedisStore::open(&redis_url, config.redis_keys.clone()).map_err(IngressError::Redis)?;
+    let store = RedisStore::for_config(&config)
+        .await
+        .map_err(IngressError::Redis)?;
+    if store.keys().tagged() {
+        info!(
+            cluster = store.is_cluster(),
+            shards = store.keys().shards(),
+            "Redis keys laid out with hash tags (first: {})",
+            store.keys().stream()
+        );
+    }
     info!(redis = %redact_url(&redis_url), "using Redis");
     store.spawn_durability_report();
     let store: Arc<dyn Store> = Arc::new(store);

@@ -97,8 +97,11 @@ pub struct Config {
     /// `None` when `REDIS_URL` is unset: the all-in-one then uses its
     /// embedded queue; ingress and worker use [`Config::redis_url_or_default`].
     pub redis_url: Option<String>,
-    /// The names of this bot's Redis keys (`REDIS_KEY_PREFIX`).
+    /// The names of this bot's Redis keys (`REDIS_KEY_PREFIX`), laid out
+    /// for one server until the store learns it talks to a cluster.
     pub redis_keys: crate::keys::Keys,
+    /// `REDIS_CLUSTER`, `QUEUE_SHARDS`, `REDIS_WAIT_REPLICAS`.
+    pub redis_layout: crate::queue::RedisLayout,
     pub listen: SocketAddr,
     pub log_format: LogFormat,
     /// Messages per second for the whole bot; 0 = unlimited.
@@ -350,6 +353,18 @@ impl Config {
             None => None,
         };
 
+        let redis_layout = crate::queue::RedisLayout {
+            cluster: match get("REDIS_CLUSTER") {
+                Some(v) => Some(parse_bool(Some(v), "REDIS_CLUSTER", false)?),
+                None => None,
+            },
+            shards: parse_num(get("QUEUE_SHARDS"), "QUEUE_SHARDS", 1u16)?,
+            wait_replicas: parse_num(get("REDIS_WAIT_REPLICAS"), "REDIS_WAIT_REPLICAS", 0u32)?,
+        };
+        if redis_layout.shards == 0 || redis_layout.shards > 1024 {
+            return Err(invalid("QUEUE_SHARDS", "must be between 1 and 1024"));
+        }
+
         let per_chat_order = match get("WORKER_ORDERING")
             .as_deref()
             .map(str::to_ascii_lowercase)
@@ -388,6 +403,7 @@ impl Config {
                 .map_err(|e| invalid("WORKER_DEADLINES", e.to_string()))?;
 
         Ok(Self {
+            redis_layout,
             per_chat_order,
             deadlines,
             paid_broadcast_rate,

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::Conn;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
@@ -293,12 +293,19 @@ impl NewEntry<'_> {
 /// Returns only once Redis has confirmed the write. A fast-lane update
 /// joins no order list: it waits for none of its chat's messages.
 pub async fn enqueue(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     probe: &Probe,
     lane: Lane,
     raw: &[u8],
 ) -> redis::RedisResult<Enqueued> {
+    // A chat's updates all go to one shard (its order and dedupe live
+    // there); the fast lane is one stream, in shard 0's home.
+    let shard = match lane {
+        Lane::Ordinary => keys.shard_of(&probe.key),
+        Lane::Fast => 0,
+    };
+    let keys = &keys.shard(shard);
     let seen = keys.seen(probe.update_id);
     let (stream, key) = match lane {
         Lane::Ordinary => (keys.stream(), probe.key.as_str()),
@@ -310,7 +317,8 @@ pub async fn enqueue(
         .key(keys.order(key))
         .arg(keys::SEEN_TTL_SECS)
         .arg(seen.bit)
-        .arg(key);
+        .arg(key)
+        .arg(crate::queue::id_tag(lane, shard));
     NewEntry {
         update_id: Some(probe.update_id),
         received_at_ms: now_ms(),
@@ -320,7 +328,7 @@ pub async fn enqueue(
     .push_fields(&mut inv);
     let id: Option<String> = inv.invoke_async(conn).await?;
     Ok(match id {
-        Some(id) => Enqueued::Stored(lane.tag(&id)),
+        Some(id) => Enqueued::Stored(crate::queue::entry_id(lane, shard, &id)),
         None => Enqueued::Duplicate,
     })
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::Conn;
 use serde::Serialize;
 
 use crate::keys::Keys;
@@ -38,7 +38,7 @@ pub struct BotStats {
 }
 
 pub async fn user(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     user_id: i64,
 ) -> redis::RedisResult<Option<UserRecord>> {
@@ -70,11 +70,7 @@ fn user_from_map(id: i64, map: &HashMap<String, String>) -> Option<UserRecord> {
     })
 }
 
-pub async fn bot(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    now_ms: i64,
-) -> redis::RedisResult<BotStats> {
+pub async fn bot(conn: &mut Conn, keys: &Keys, now_ms: i64) -> redis::RedisResult<BotStats> {
     let since = now_ms - DAY_MS;
     let (total, new, active, handled, depth, blocked): (u64, u64, u64, Option<u64>, u64, u64) =
         redis::pipe()
@@ -97,11 +93,27 @@ pub async fn bot(
             .arg(keys.users_blocked())
             .query_async(conn)
             .await?;
+    // Each further shard counts its own handled updates and holds its own
+    // backlog: added up here.
+    let (mut handled, mut depth) = (handled.unwrap_or(0), depth);
+    for s in 1..keys.shards() {
+        let home = keys.shard(s);
+        let (h, d): (Option<u64>, u64) = redis::pipe()
+            .cmd("HGET")
+            .arg(home.counters())
+            .arg("updates_handled")
+            .cmd("XLEN")
+            .arg(home.stream())
+            .query_async(conn)
+            .await?;
+        handled += h.unwrap_or(0);
+        depth += d;
+    }
     Ok(BotStats {
         users_total: total,
         users_new_24h: new,
         users_active_24h: active,
-        updates_handled: handled.unwrap_or(0),
+        updates_handled: handled,
         queue_depth: depth,
         users_blocked: blocked,
     })

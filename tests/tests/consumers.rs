@@ -211,7 +211,9 @@ async fn a_name_that_owns_entries_does_not_leave() {
     let Some(redis) = e2e::RedisServer::start().await else {
         return;
     };
-    let mut conn = shared::redis_conn::manager(&redis.url()).expect("manager");
+    let mut conn = shared::redis_conn::Target::single(&redis.url())
+        .manager()
+        .expect("manager");
     use shared::queue::redis_ops;
     redis_ops::join_group(&mut conn, &shared::keys::Keys::default(), "holder")
         .await

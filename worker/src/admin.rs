@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Value;
 use serde::Serialize;
+use shared::redis_conn::Conn;
 
 use shared::envelope::{now_ms, NewEntry};
 use shared::keys::{self, Keys};
@@ -41,6 +41,9 @@ pub struct QueueStats {
     /// "0 consumers" from the wrong Redis looks like an outage.
     pub redis: String,
     pub stream: String,
+    /// `QUEUE_SHARDS`: the ordinary lane's streams (the totals below add
+    /// them up; `lanes` lists each).
+    pub shards: u16,
     pub length: u64,
     /// Entries not yet delivered to any consumer.
     pub lag: u64,
@@ -61,6 +64,9 @@ pub struct QueueStats {
 #[derive(Debug, Serialize)]
 pub struct LaneStats {
     pub lane: &'static str,
+    /// The ordinary lane's shard, when there are several.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u16>,
     pub stream: String,
     pub length: u64,
     pub lag: u64,
@@ -105,25 +111,49 @@ fn entries(v: &Value) -> Vec<(String, HashMap<String, Value>)> {
         .collect()
 }
 
-pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisResult<QueueStats> {
-    let length: u64 = redis::cmd("XLEN")
-        .arg(keys.stream())
-        .query_async(conn)
-        .await?;
-    let dead_letters: u64 = redis::cmd("XLEN")
-        .arg(keys.dead())
-        .query_async(conn)
-        .await?;
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(keys.stream())
-        .query_async(conn)
-        .await?;
-    let mut lanes = Vec::new();
-    for lane in Lane::ALL {
-        let d = stream::depth(conn, keys, lane).await?;
+pub async fn stats(conn: &mut Conn, keys: &Keys) -> redis::RedisResult<QueueStats> {
+    let fast = stream::depth(conn, keys, Lane::Fast).await?;
+    let mut lanes = vec![LaneStats {
+        lane: Lane::Fast.label(),
+        shard: None,
+        stream: stream::lane_stream(keys, Lane::Fast, 0),
+        length: fast.length,
+        lag: fast.lag,
+        pending: fast.pending,
+        oldest_ms: fast.oldest_age_ms,
+    }];
+    // The ordinary lane: one line per shard when there are several, and
+    // the totals in the top-level fields.
+    let (mut length, mut lag, mut pending, mut dead_letters) = (0, 0, 0, 0);
+    let mut exists = false;
+    let mut oldest_pending_ms: Option<u64> = None;
+    for s in 0..keys.shards() {
+        let home = keys.shard(s);
+        let d = stream::stream_depth(conn, &home.stream()).await?;
+        length += d.length;
+        lag += d.lag;
+        pending += d.pending;
+        let dead: u64 = redis::cmd("XLEN")
+            .arg(home.dead())
+            .query_async(conn)
+            .await?;
+        dead_letters += dead;
+        let here: bool = redis::cmd("EXISTS")
+            .arg(home.stream())
+            .query_async(conn)
+            .await?;
+        exists |= here;
+        if d.pending > 0 {
+            let oldest = oldest_pending(conn, &home.stream()).await?;
+            oldest_pending_ms = match (oldest_pending_ms, oldest) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
         lanes.push(LaneStats {
-            lane: lane.label(),
-            stream: stream::lane_stream(keys, lane),
+            lane: Lane::Ordinary.label(),
+            shard: (keys.shards() > 1).then_some(s),
+            stream: home.stream(),
             length: d.length,
             lag: d.lag,
             pending: d.pending,
@@ -131,49 +161,20 @@ pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisRes
         });
     }
     let (delayed_replies, next_due_ms) = stream::delayed_replies(conn, keys).await?;
-    if !exists {
-        return Ok(QueueStats {
-            redis: String::new(),
-            stream: keys.stream(),
-            length,
-            lag: 0,
-            pending: 0,
-            oldest_pending_ms: None,
-            consumers: vec![],
-            dead_letters,
-            lanes,
-            delayed_replies,
-            next_due_ms,
-        });
-    }
-    let mut consumers = match stream::consumers(conn, keys).await {
-        Ok(c) => c,
-        Err(e) if stream::is_nogroup(&e) => vec![],
-        Err(e) => return Err(e),
+    let mut consumers = if exists {
+        match stream::consumers(conn, keys).await {
+            Ok(c) => c,
+            Err(e) if stream::is_nogroup(&e) => vec![],
+            Err(e) => return Err(e),
+        }
+    } else {
+        vec![]
     };
     stream::fill_alive(conn, keys, &mut consumers).await?;
-    let ordinary = lanes.iter().find(|l| l.lane == Lane::Ordinary.label());
-    let lag = ordinary.map_or(0, |l| l.lag);
-    let pending = ordinary.map_or(0, |l| l.pending);
-    let oldest_pending_ms = if pending > 0 {
-        let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg(keys.stream())
-            .arg(keys::GROUP)
-            .arg("-")
-            .arg("+")
-            .arg(1)
-            .query_async(conn)
-            .await?;
-        // The oldest pending entry's age, from its id's timestamp.
-        v.first()
-            .and_then(|(id, ..)| id.split('-').next()?.parse::<i64>().ok())
-            .map(|ts| (now_ms() - ts).max(0) as u64)
-    } else {
-        None
-    };
     Ok(QueueStats {
         redis: String::new(),
         stream: keys.stream(),
+        shards: keys.shards(),
         length,
         lag,
         pending,
@@ -195,6 +196,21 @@ pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisRes
     })
 }
 
+/// The oldest pending entry's age, from its id's timestamp.
+async fn oldest_pending(conn: &mut Conn, stream: &str) -> redis::RedisResult<Option<u64>> {
+    let v: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(keys::GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(v.first()
+        .and_then(|(id, ..)| id.split('-').next()?.parse::<i64>().ok())
+        .map(|ts| (now_ms() - ts).max(0) as u64))
+}
+
 /// Tells apart a running worker from one killed without a goodbye (SIGKILL,
 /// OOM, a lost host) within about two claim periods, where the alive mark
 /// alone takes ten. The worker renews the mark every `claim_idle` with a
@@ -202,7 +218,7 @@ pub async fn stats(conn: &mut ConnectionManager, keys: &Keys) -> redis::RedisRes
 /// renewed. `claim_idle` is this command's `WORKER_CLAIM_IDLE_MS`: run it
 /// with the workers' environment.
 pub async fn apply_liveness(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     s: &mut QueueStats,
     claim_idle: Duration,
@@ -261,10 +277,14 @@ pub fn render_stats(s: &QueueStats) -> String {
     }
     let _ = writeln!(out, "Dead letters:  {}", s.dead_letters);
     for l in &s.lanes {
+        let name = match l.shard {
+            Some(k) => format!("{} {k}", l.lane),
+            None => l.lane.to_owned(),
+        };
         let _ = writeln!(
             out,
             "Lane {:<9} {} entries ({} not yet delivered, {} in flight), oldest {}",
-            l.lane,
+            name,
             l.length,
             l.lag,
             l.pending,
@@ -310,17 +330,19 @@ pub fn render_stats(s: &QueueStats) -> String {
     out
 }
 
-pub async fn dead(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-) -> redis::RedisResult<Vec<DeadLetter>> {
-    let v: Value = redis::cmd("XRANGE")
-        .arg(keys.dead())
-        .arg("-")
-        .arg("+")
-        .query_async(conn)
-        .await?;
-    Ok(entries(&v)
+/// Every shard's dead letters, oldest first within each shard.
+pub async fn dead(conn: &mut Conn, keys: &Keys) -> redis::RedisResult<Vec<DeadLetter>> {
+    let mut all = Vec::new();
+    for s in 0..keys.shards() {
+        let v: Value = redis::cmd("XRANGE")
+            .arg(keys.shard(s).dead())
+            .arg("-")
+            .arg("+")
+            .query_async(conn)
+            .await?;
+        all.extend(entries(&v));
+    }
+    Ok(all
         .into_iter()
         .map(|(_, m)| DeadLetter {
             id: m.get("id").and_then(value_string).unwrap_or_default(),
@@ -365,17 +387,28 @@ pub struct ReplayReport {
 /// Puts every dead letter back on the stream, one at a time and
 /// atomically (`shared/src/queue/lua/replay_dead.lua`), so an interrupted
 /// replay loses or doubles nothing.
-pub async fn replay_dead(
-    conn: &mut ConnectionManager,
+pub async fn replay_dead(conn: &mut Conn, keys: &Keys) -> redis::RedisResult<ReplayReport> {
+    let mut report = ReplayReport::default();
+    for s in 0..keys.shards() {
+        replay_home(conn, &keys.shard(s), s, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// A shard's dead letters go back to that shard's stream (their chats
+/// live there).
+async fn replay_home(
+    conn: &mut Conn,
     keys: &Keys,
-) -> redis::RedisResult<ReplayReport> {
+    shard: u16,
+    report: &mut ReplayReport,
+) -> redis::RedisResult<()> {
     let v: Value = redis::cmd("XRANGE")
         .arg(keys.dead())
         .arg("-")
         .arg("+")
         .query_async(conn)
         .await?;
-    let mut report = ReplayReport::default();
     for (dead_id, fields) in entries(&v) {
         let key = fields.get("key").and_then(value_string).unwrap_or_default();
         let update = match fields.get("update") {
@@ -389,7 +422,8 @@ pub async fn replay_dead(
             .key(keys.replies())
             .key(keys.replies_due())
             .arg(&dead_id)
-            .arg(&key);
+            .arg(&key)
+            .arg(shared::queue::id_tag(Lane::Ordinary, shard));
         NewEntry {
             update_id: fields.get("update_id").and_then(value_i64),
             received_at_ms: now_ms(),
@@ -403,7 +437,7 @@ pub async fn replay_dead(
             _ => {}
         }
     }
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -447,8 +481,10 @@ mod tests {
                 },
             ],
             dead_letters: 0,
+            shards: 1,
             lanes: vec![LaneStats {
                 lane: "fast",
+                shard: None,
                 stream: "s:fast".into(),
                 length: 2,
                 lag: 2,

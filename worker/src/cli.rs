@@ -105,7 +105,14 @@ pub fn load_config(operator: bool) -> Result<Config, shared::ConfigError> {
 /// Runs one operator command against `REDIS_URL`.
 pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
     let url = config.redis_url_or_default().to_owned();
-    let mut conn = match shared::redis_conn::manager(&url) {
+    let target = shared::redis_conn::Target::resolve(&url, config.redis_layout.cluster).await;
+    let keys = match &target {
+        Ok(t) => config
+            .redis_keys
+            .laid_out(t.is_cluster(), config.redis_layout.shards),
+        Err(_) => config.redis_keys.clone(),
+    };
+    let mut conn = match target.and_then(|t| t.manager()) {
         Ok(c) => c,
         Err(e) => {
             shared::telemetry::print_line(&format!("worker queue: REDIS_URL is not usable: {e}"));
@@ -115,15 +122,9 @@ pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
     let result: Result<String, redis::RedisError> = async {
         Ok(match action {
             QueueAction::Stats { json } => {
-                let mut s = crate::admin::stats(&mut conn, &config.redis_keys).await?;
+                let mut s = crate::admin::stats(&mut conn, &keys).await?;
                 s.redis = shared::config::redact_url(&url);
-                crate::admin::apply_liveness(
-                    &mut conn,
-                    &config.redis_keys,
-                    &mut s,
-                    config.claim_idle,
-                )
-                .await?;
+                crate::admin::apply_liveness(&mut conn, &keys, &mut s, config.claim_idle).await?;
                 if json {
                     serde_json::to_string_pretty(&s).unwrap_or_default() + "\n"
                 } else {
@@ -131,7 +132,7 @@ pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
                 }
             }
             QueueAction::Dead { json } => {
-                let d = crate::admin::dead(&mut conn, &config.redis_keys).await?;
+                let d = crate::admin::dead(&mut conn, &keys).await?;
                 if json {
                     serde_json::to_string_pretty(&d).unwrap_or_default() + "\n"
                 } else {
@@ -139,7 +140,7 @@ pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
                 }
             }
             QueueAction::ReplayDead => {
-                let r = crate::admin::replay_dead(&mut conn, &config.redis_keys).await?;
+                let r = crate::admin::replay_dead(&mut conn, &keys).await?;
                 format!(
                     "Replayed {} dead letters onto the stream ({} without an update body kept).\n",
                     r.replayed, r.kept
@@ -154,7 +155,10 @@ pub async fn queue(config: Config, action: QueueAction) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            shared::telemetry::print_line(&format!("worker queue: Redis error: {e}"));
+            let hint = shared::redis_conn::cluster_hint(&e)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            shared::telemetry::print_line(&format!("worker queue: Redis error: {e}{hint}"));
             ExitCode::FAILURE
         }
     }

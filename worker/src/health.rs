@@ -12,7 +12,7 @@ use axum::Router;
 use shared::queue::{Lane, Store};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{LaneLabel, Metrics};
+use crate::metrics::{LaneLabel, Metrics, ShardLabel};
 
 struct HealthState {
     metrics: Arc<Metrics>,
@@ -54,6 +54,14 @@ async fn metrics_handler(State(st): State<Arc<HealthState>>) -> impl IntoRespons
             pending += d.pending;
         }
         st.metrics.queue_depth.set(length as i64);
+        for (shard, d) in st.store.shard_depths().await?.iter().enumerate() {
+            st.metrics
+                .shard_depth
+                .get_or_create(&ShardLabel {
+                    shard: shard as u16,
+                })
+                .set(d.length as i64);
+        }
         st.metrics.lag.set(lag as i64);
         st.metrics.pending.set(pending as i64);
         let (delayed, _) = st.store.delayed_replies().await?;

@@ -86,8 +86,17 @@ pub async fn run<S: Send + Sync + 'static>(
     cancel: CancellationToken,
 ) -> Result<(), WorkerError> {
     let redis_url = config.redis_url_or_default().to_owned();
-    let store =
-        RedisStore::open(&redis_url, config.redis_keys.clone()).map_err(WorkerError::Redis)?;
+    let store = RedisStore::for_config(&config)
+        .await
+        .map_err(WorkerError::Redis)?;
+    if store.keys().tagged() {
+        info!(
+            cluster = store.is_cluster(),
+            shards = store.keys().shards(),
+            "Redis keys laid out with hash tags (first: {})",
+            store.keys().stream()
+        );
+    }
     info!(redis = %redact_url(&redis_url), "using Redis");
     run_with(config, Arc::new(store), bot, cancel).await
 }

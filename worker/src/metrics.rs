@@ -22,6 +22,11 @@ pub struct LaneLabel {
     pub lane: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: u16,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub handled: Family<OutcomeLabel, Counter>,
@@ -39,6 +44,7 @@ pub struct Metrics {
     pub expired: Family<KindLabel, Counter>,
     pub delayed: Counter,
     pub lane_depth: Family<LaneLabel, Gauge>,
+    pub shard_depth: Family<ShardLabel, Gauge>,
     pub lane_oldest_age: Family<LaneLabel, Gauge>,
     pub delayed_replies: Gauge,
     pub outbound: Family<OutcomeLabel, Counter>,
@@ -69,6 +75,7 @@ impl Default for Metrics {
         let expired = Family::<KindLabel, Counter>::default();
         let delayed = Counter::default();
         let lane_depth = Family::<LaneLabel, Gauge>::default();
+        let shard_depth = Family::<ShardLabel, Gauge>::default();
         let lane_oldest_age = Family::<LaneLabel, Gauge>::default();
         let delayed_replies = Gauge::default();
         let outbound = Family::<OutcomeLabel, Counter>::default();
@@ -109,6 +116,11 @@ impl Default for Metrics {
             "queue_lane_depth",
             "Entries in each lane's stream (fast: updates with a deadline)",
             lane_depth.clone(),
+        );
+        registry.register(
+            "queue_shard_depth",
+            "Entries in each shard's stream of the ordinary lane (QUEUE_SHARDS); queue_depth adds them up",
+            shard_depth.clone(),
         );
         registry.register(
             "queue_lane_oldest_age_seconds",
@@ -198,6 +210,7 @@ impl Default for Metrics {
             expired,
             delayed,
             lane_depth,
+            shard_depth,
             lane_oldest_age,
             delayed_replies,
             outbound,

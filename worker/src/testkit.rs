@@ -234,7 +234,7 @@ impl TestKit {
             // Handled means its reply is out too (or put aside until a
             // long 429 is over): the "handled" mark comes first, the reply
             // after it.
-            if self.store.is_done(update_id).await.unwrap_or(false)
+            if self.store.is_done("", update_id).await.unwrap_or(false)
                 && self.store.replies_being_sent() == 0
             {
                 return Ending::Handled;

@@ -87,21 +87,23 @@ impl ConsumerGroup for FlakyLookups {
         &'a self,
         consumer: &'a str,
         lane: Lane,
+        _shard: u16,
         count: usize,
         block_ms: u64,
     ) -> StoreFuture<'a, Read> {
-        self.inner.read_new(consumer, lane, count, block_ms)
+        self.inner.read_new(consumer, lane, 0, count, block_ms)
     }
     fn autoclaim<'a>(
         &'a self,
         consumer: &'a str,
         lane: Lane,
+        _shard: u16,
         min_idle_ms: u64,
         cursor: &'a str,
         count: usize,
     ) -> StoreFuture<'a, Claimed> {
         self.inner
-            .autoclaim(consumer, lane, min_idle_ms, cursor, count)
+            .autoclaim(consumer, lane, 0, min_idle_ms, cursor, count)
     }
     fn delivery_counts<'a>(&'a self, ids: &'a [String]) -> StoreFuture<'a, Vec<(String, u64)>> {
         self.inner.delivery_counts(ids)
@@ -179,11 +181,11 @@ impl Outbound for FlakyLookups {
 }
 
 impl Delivery for FlakyLookups {
-    fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
+    fn is_done<'a>(&'a self, _entry_id: &'a str, update_id: i64) -> StoreFuture<'a, bool> {
         if self.lookups.fetch_add(1, Ordering::SeqCst) < self.failing {
             return Box::pin(async { Err(StoreError::Timeout) });
         }
-        self.inner.is_done(update_id)
+        self.inner.is_done(_entry_id, update_id)
     }
     fn count_failure<'a>(&'a self, entry_id: &'a str) -> StoreFuture<'a, u64> {
         self.failures_counted.fetch_add(1, Ordering::SeqCst);
@@ -321,7 +323,8 @@ async fn a_failed_already_handled_lookup_does_not_run_the_handler() {
     let cancel = CancellationToken::new();
     let run = tokio::spawn(consumer.run(cancel.clone()));
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) && !store.inner.is_done(41).await.unwrap() {
+    while started.elapsed() < Duration::from_secs(10) && !store.inner.is_done("", 41).await.unwrap()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     cancel.cancel();
@@ -348,6 +351,6 @@ async fn a_failed_already_handled_lookup_does_not_run_the_handler() {
         0,
         "a failed lookup is not the update's failure"
     );
-    assert!(store.inner.is_done(41).await.unwrap());
+    assert!(store.inner.is_done("", 41).await.unwrap());
     assert_eq!(metrics.failed.get(), 0);
 }

@@ -286,7 +286,9 @@ async fn api_me_answers_stats_from_redis() {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let mut c = shared::redis_conn::manager(&server.url).unwrap();
+    let mut c = shared::redis_conn::Target::single(&server.url)
+        .manager()
+        .unwrap();
     let _: () = redis::pipe()
         .cmd("HSET")
         .arg(shared::keys::Keys::default().user(42))

@@ -34,10 +34,8 @@ impl Lane {
 
     /// The lane of an entry id and its id inside that lane's stream.
     pub fn of(id: &str) -> (Lane, &str) {
-        match id.strip_prefix(FAST_TAG) {
-            Some(raw) => (Lane::Fast, raw),
-            None => (Lane::Ordinary, id),
-        }
+        let (lane, _, raw) = locate(id);
+        (lane, raw)
     }
 
     /// For metrics and the operator's view.
@@ -47,6 +45,45 @@ impl Lane {
             Lane::Fast => "fast",
         }
     }
+}
+
+/// Marks an entry id of ordinary shard `k` >= 1 (`s<k>:<id>`): each
+/// shard's stream hands out ids of its own, and a worker reading every
+/// shard must tell them apart. Shard 0's ids stay plain, so one shard
+/// keeps today's ids.
+const SHARD_TAG: char = 's';
+
+/// The entry id of `raw`, read from shard `shard` of `lane` (the fast lane
+/// has one stream, in shard 0's home).
+pub fn entry_id(lane: Lane, shard: u16, raw: &str) -> String {
+    format!("{}{raw}", id_tag(lane, shard))
+}
+
+/// What goes before a stream id to make it an entry id ('' for shard 0 of
+/// the ordinary lane). The scripts that list entry ids (order lists) are
+/// given it, so the lists hold the ids the rest of the system uses.
+pub fn id_tag(lane: Lane, shard: u16) -> String {
+    match (lane, shard) {
+        (Lane::Ordinary, 0) => String::new(),
+        (Lane::Ordinary, k) => format!("{SHARD_TAG}{k}:"),
+        (Lane::Fast, _) => FAST_TAG.to_string(),
+    }
+}
+
+/// The lane, shard and stream id of an entry id. The Lua scripts strip a
+/// tag the same way: the stream id is what follows it (`<ms>-<seq>`).
+pub fn locate(id: &str) -> (Lane, u16, &str) {
+    if let Some(raw) = id.strip_prefix(FAST_TAG) {
+        return (Lane::Fast, 0, raw);
+    }
+    if let Some(rest) = id.strip_prefix(SHARD_TAG) {
+        if let Some((k, raw)) = rest.split_once(':') {
+            if let Ok(k) = k.parse() {
+                return (Lane::Ordinary, k, raw);
+            }
+        }
+    }
+    (Lane::Ordinary, 0, id)
 }
 
 /// Deadlines by update kind, from Telegram's own limits: a pre-checkout
@@ -160,6 +197,17 @@ mod tests {
         assert_ne!(t, "1-0");
         assert_eq!(Lane::of(&t), (Lane::Fast, "1-0"));
         assert_eq!(Lane::of("1-0"), (Lane::Ordinary, "1-0"));
+    }
+
+    #[test]
+    fn shard_ids_round_trip_and_shard_zero_keeps_plain_ids() {
+        assert_eq!(entry_id(Lane::Ordinary, 0, "5-1"), "5-1");
+        let t = entry_id(Lane::Ordinary, 2, "5-1");
+        assert_eq!(locate(&t), (Lane::Ordinary, 2, "5-1"));
+        assert_eq!(Lane::of(&t), (Lane::Ordinary, "5-1"));
+        let f = entry_id(Lane::Fast, 3, "5-1");
+        assert_eq!(locate(&f), (Lane::Fast, 0, "5-1"));
+        assert_eq!(locate("5-1"), (Lane::Ordinary, 0, "5-1"));
     }
 
     #[test]

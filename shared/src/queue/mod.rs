@@ -24,9 +24,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-pub use lane::{BadDeadlines, Deadlines, Lane, Urgent, DEFAULT_DEADLINES};
+pub use lane::{
+    entry_id, id_tag, locate, BadDeadlines, Deadlines, Lane, Urgent, DEFAULT_DEADLINES,
+};
 pub use memory::{MemoryDeadLetter, MemoryStore};
-pub use redis_store::RedisStore;
+pub use redis_store::{RedisLayout, RedisStore};
 
 use crate::envelope::{Enqueued, Entry, Probe};
 use crate::outbound::{
@@ -36,10 +38,15 @@ use crate::stats::{BotStats, UserRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("redis: {0}")]
+    #[error("redis: {0}{hint}", hint = crate::redis_conn::cluster_hint(.0).map(|h| format!(" ({h})")).unwrap_or_default())]
     Redis(#[from] redis::RedisError),
     #[error("timed out")]
     Timeout,
+    /// `REDIS_WAIT_REPLICAS`: the write is on the master, but fewer
+    /// replicas than asked confirmed it in time - a failover now could
+    /// lose it, so it is not acknowledged.
+    #[error("only {got} of {want} Redis replicas confirmed the write in time")]
+    NotReplicated { got: u32, want: u32 },
     /// The embedded queue does not do this (broadcasts need Redis).
     #[error("{0}")]
     Unsupported(&'static str),
@@ -258,6 +265,10 @@ pub trait Intake: Send + Sync {
         Box::pin(async { Ok(()) })
     }
     fn depth(&self, lane: Lane) -> StoreFuture<'_, Depth>;
+    /// The ordinary lane's depth per shard (`QUEUE_SHARDS`).
+    fn shard_depths(&self) -> StoreFuture<'_, Vec<Depth>> {
+        Box::pin(async move { Ok(vec![self.depth(Lane::Ordinary).await?]) })
+    }
 }
 
 /// Agreement between replicas: values, locks and leases.
@@ -276,12 +287,19 @@ pub trait Coordination: Send + Sync {
 pub trait ConsumerGroup: Send + Sync {
     /// Creates the consumer group if missing and adds `consumer` to it.
     fn join_group<'a>(&'a self, consumer: &'a str) -> StoreFuture<'a, ()>;
-    /// New entries of `lane` for `consumer`, waiting up to `block_ms` for
-    /// some. The lanes are read by separate loops, each blocking on its own.
+    /// How many shards the ordinary lane has (`QUEUE_SHARDS`); each is
+    /// read by its own loop.
+    fn shards(&self) -> u16 {
+        1
+    }
+    /// New entries of `lane` (of its shard `shard`) for `consumer`,
+    /// waiting up to `block_ms` for some. The lanes and shards are read by
+    /// separate loops, each blocking on its own.
     fn read_new<'a>(
         &'a self,
         consumer: &'a str,
         lane: Lane,
+        shard: u16,
         count: usize,
         block_ms: u64,
     ) -> StoreFuture<'a, Read>;
@@ -290,6 +308,7 @@ pub trait ConsumerGroup: Send + Sync {
         &'a self,
         consumer: &'a str,
         lane: Lane,
+        shard: u16,
         min_idle_ms: u64,
         cursor: &'a str,
         count: usize,
@@ -311,7 +330,8 @@ pub trait ConsumerGroup: Send + Sync {
 
 /// How an entry ends: dedupe, completion, kept replies, failures, dead letters, per-chat heads.
 pub trait Delivery: Send + Sync {
-    fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool>;
+    /// Whether the update of entry `entry_id` was handled already.
+    fn is_done<'a>(&'a self, entry_id: &'a str, update_id: i64) -> StoreFuture<'a, bool>;
     /// Marks the update handled (once), counts it, records the user,
     /// applies the handler's writes, removes the entry and - unless a reply
     /// is kept for sending - takes it off its chat's order, atomically.

@@ -11,11 +11,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::redis_conn::Conn;
 use redis::Value;
 
 use super::scripts::scripts;
-use super::{ConsumerInfo, Head, Lane};
+use super::{entry_id, locate, ConsumerInfo, Head, Lane};
 use crate::envelope::{now_ms, Entry};
 use crate::keys::{self, Keys};
 
@@ -37,30 +37,41 @@ type StreamEntry = (String, HashMap<String, Value>);
 /// reading needs no memory, and XREADGROUP adds the consumer as it hands
 /// it its first entries (the worker's periodic rejoin lists it once Redis
 /// has room). Only a missing group is an error: it cannot be made.
-pub async fn join_group(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    consumer: &str,
-) -> RedisResult<()> {
-    for lane in Lane::ALL {
-        join_stream(conn, &lane_stream(keys, lane), consumer).await?;
+pub async fn join_group(conn: &mut Conn, keys: &Keys, consumer: &str) -> RedisResult<()> {
+    for stream in all_streams(keys) {
+        join_stream(conn, &stream, consumer).await?;
     }
     Ok(())
 }
 
-/// The stream of a lane.
-pub fn lane_stream(keys: &Keys, lane: Lane) -> String {
+/// The stream of a lane's shard (the fast lane has one, in shard 0's home).
+pub fn lane_stream(keys: &Keys, lane: Lane, shard: u16) -> String {
     match lane {
-        Lane::Ordinary => keys.stream(),
-        Lane::Fast => keys.fast_stream(),
+        Lane::Ordinary => keys.shard(shard).stream(),
+        Lane::Fast => keys.bot().fast_stream(),
     }
 }
 
-async fn join_stream(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    consumer: &str,
-) -> RedisResult<()> {
+/// Every stream workers consume: the fast lane, then each shard's.
+pub fn all_streams(keys: &Keys) -> Vec<String> {
+    std::iter::once(keys.bot().fast_stream())
+        .chain((0..keys.shards()).map(|s| keys.shard(s).stream()))
+        .collect()
+}
+
+/// The names of the home an entry id belongs to (its shard's; the fast
+/// lane's and the outbox's are shard 0's).
+pub fn home_of(keys: &Keys, id: &str) -> Keys {
+    keys.shard(locate(id).1)
+}
+
+/// The stream an entry id was read from, and its id there.
+fn stream_of_id<'a>(keys: &Keys, id: &'a str) -> (String, &'a str) {
+    let (lane, shard, raw) = locate(id);
+    (lane_stream(keys, lane, shard), raw)
+}
+
+async fn join_stream(conn: &mut Conn, stream: &str, consumer: &str) -> RedisResult<()> {
     let r: RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -102,7 +113,7 @@ pub fn is_oom(e: &redis::RedisError) -> bool {
     e.code() == Some("OOM")
 }
 
-async fn group_exists(conn: &mut ConnectionManager, stream: &str) -> RedisResult<bool> {
+async fn group_exists(conn: &mut Conn, stream: &str) -> RedisResult<bool> {
     let r: RedisResult<Vec<HashMap<String, Value>>> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(stream)
@@ -123,7 +134,7 @@ async fn group_exists(conn: &mut ConnectionManager, stream: &str) -> RedisResult
 /// every check a write must pass before it - the memory limit
 /// (`noeviction`), a failed snapshot (`MISCONF`), a read-only replica, too
 /// few replicas (`NOREPLICAS`) - and answers that check's error.
-pub async fn write_probe(conn: &mut ConnectionManager, keys: &Keys) -> RedisResult<()> {
+pub async fn write_probe(conn: &mut Conn, keys: &Keys) -> RedisResult<()> {
     redis::cmd("SETRANGE")
         .arg(keys.write_probe())
         .arg(0)
@@ -185,10 +196,11 @@ pub fn parse_entries(v: &Value) -> (Vec<Entry>, Vec<(String, String)>) {
 
 /// New entries for this consumer, waiting up to `block_ms` for some.
 pub async fn read_new(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     consumer: &str,
     lane: Lane,
+    shard: u16,
     count: usize,
     block_ms: u64,
 ) -> RedisResult<(Vec<Entry>, Vec<(String, String)>)> {
@@ -201,7 +213,7 @@ pub async fn read_new(
         .arg("BLOCK")
         .arg(block_ms)
         .arg("STREAMS")
-        .arg(lane_stream(keys, lane))
+        .arg(lane_stream(keys, lane, shard))
         .arg(">")
         .query_async(conn)
         .await?;
@@ -217,20 +229,21 @@ pub async fn read_new(
         Value::Map(m) => m.into_iter().next().map(|(_, v)| v).unwrap_or(Value::Nil),
         _ => Value::Nil,
     };
-    Ok(in_lane(lane, parse_entries(&entries)))
+    Ok(in_lane(lane, shard, parse_entries(&entries)))
 }
 
-/// Tags entries read from a lane's stream with their lane.
+/// Tags entries read from a lane's stream with their lane and shard.
 fn in_lane(
     lane: Lane,
+    shard: u16,
     (mut good, mut bad): (Vec<Entry>, Vec<(String, String)>),
 ) -> (Vec<Entry>, Vec<(String, String)>) {
-    if lane != Lane::Ordinary {
+    if lane != Lane::Ordinary || shard != 0 {
         for e in &mut good {
-            e.id = lane.tag(&e.id);
+            e.id = entry_id(lane, shard, &e.id);
         }
         for (id, _) in &mut bad {
-            *id = lane.tag(id);
+            *id = entry_id(lane, shard, id);
         }
     }
     for e in &mut good {
@@ -242,16 +255,17 @@ fn in_lane(
 /// Takes over entries idle for `min_idle_ms` (their consumer died or
 /// stalled). One page per call; the caller loops on the returned cursor.
 pub async fn autoclaim(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     consumer: &str,
     lane: Lane,
+    shard: u16,
     min_idle_ms: u64,
     cursor: &str,
     count: usize,
 ) -> RedisResult<(String, Vec<Entry>, Vec<(String, String)>)> {
     let v: Value = redis::cmd("XAUTOCLAIM")
-        .arg(lane_stream(keys, lane))
+        .arg(lane_stream(keys, lane, shard))
         .arg(keys::GROUP)
         .arg(consumer)
         .arg(min_idle_ms)
@@ -268,13 +282,17 @@ pub async fn autoclaim(
         Some(Value::SimpleString(s)) => s.clone(),
         _ => "0-0".into(),
     };
-    let (good, bad) = in_lane(lane, parts.get(1).map(parse_entries).unwrap_or_default());
+    let (good, bad) = in_lane(
+        lane,
+        shard,
+        parts.get(1).map(parse_entries).unwrap_or_default(),
+    );
     Ok((next, good, bad))
 }
 
 /// How many times each of these entries has been delivered.
 pub async fn delivery_counts(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     ids: &[&str],
 ) -> RedisResult<HashMap<String, u64>> {
@@ -282,9 +300,9 @@ pub async fn delivery_counts(
     // heartbeat, so the time between claim and dispatch must stay short.
     let mut pipe = redis::pipe();
     for id in ids {
-        let (lane, raw) = Lane::of(id);
+        let (stream, raw) = stream_of_id(keys, id);
         pipe.cmd("XPENDING")
-            .arg(lane_stream(keys, lane))
+            .arg(stream)
             .arg(keys::GROUP)
             .arg(raw)
             .arg(raw)
@@ -304,26 +322,19 @@ pub async fn delivery_counts(
 /// that a slow handler (a long 429 wait, say) is not mistaken for a dead
 /// one. JUSTID: the delivery count is not incremented.
 pub async fn heartbeat(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     consumer: &str,
     ids: &[String],
 ) -> RedisResult<()> {
-    for lane in Lane::ALL {
-        let raw: Vec<&str> = ids
-            .iter()
-            .map(|id| Lane::of(id))
-            .filter(|(l, _)| *l == lane)
-            .map(|(_, raw)| raw)
-            .collect();
-        if raw.is_empty() {
-            continue;
-        }
+    let mut by_stream: HashMap<String, Vec<&str>> = HashMap::new();
+    for id in ids {
+        let (stream, raw) = stream_of_id(keys, id);
+        by_stream.entry(stream).or_default().push(raw);
+    }
+    for (stream, raw) in by_stream {
         let mut cmd = redis::cmd("XCLAIM");
-        cmd.arg(lane_stream(keys, lane))
-            .arg(keys::GROUP)
-            .arg(consumer)
-            .arg(0);
+        cmd.arg(stream).arg(keys::GROUP).arg(consumer).arg(0);
         for id in raw {
             cmd.arg(id);
         }
@@ -336,11 +347,12 @@ pub async fn heartbeat(
 /// A kept reply went out: forget it, let its chat go on
 /// (`lua/reply_sent.lua`). Returns the chat's next entry id.
 pub async fn reply_sent(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     entry_id: &str,
     key: &str,
 ) -> RedisResult<Option<String>> {
+    let keys = &home_of(keys, entry_id);
     let mut inv = scripts().reply_sent.prepare_invoke();
     inv.key(keys.replies())
         .key(keys.replies_due())
@@ -353,9 +365,22 @@ pub async fn reply_sent(
 }
 
 /// Replies whose lease ran out, leased anew to the caller
-/// (`lua/orphan_replies.lua`).
+/// (`lua/orphan_replies.lua`), from every shard's home.
 pub async fn orphan_replies(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
+    keys: &Keys,
+    until_ms: i64,
+    count: usize,
+) -> RedisResult<Vec<super::OrphanReply>> {
+    let mut out = Vec::new();
+    for s in 0..keys.shards() {
+        out.extend(orphan_replies_in(conn, &keys.shard(s), until_ms, count).await?);
+    }
+    Ok(out)
+}
+
+async fn orphan_replies_in(
+    conn: &mut Conn,
     keys: &Keys,
     until_ms: i64,
     count: usize,
@@ -385,11 +410,23 @@ pub async fn orphan_replies(
 /// (`lua/finish.lua`, which says why it frees memory first). Returns
 /// whether the update was fresh and its chat's next entry id.
 pub async fn finish(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     entry: &Entry,
     done_: super::Completion<'_>,
 ) -> RedisResult<(bool, Option<String>)> {
+    let (lane, shard, _) = locate(&entry.id);
+    let stream = lane_stream(keys, lane, shard);
+    let bot = keys;
+    let keys = &keys.shard(shard);
+    let mut done_ = done_;
+    if keys != bot {
+        // The shard's keys live in another slot than the bot's: the user
+        // record and writes go first, in their own step (`lua/apply.lua`).
+        apply(conn, bot, entry.update_id, &done_).await?;
+        done_.user = None;
+        done_.writes = &[];
+    }
     let user = done_.user;
     let u = user.cloned().unwrap_or_default();
     let done = keys.done(entry.update_id);
@@ -399,7 +436,7 @@ pub async fn finish(
         .key(keys.users_first_seen())
         .key(keys.users_last_seen())
         .key(keys.counters())
-        .key(lane_stream(keys, Lane::of(&entry.id).0))
+        .key(stream)
         .key(keys.failures())
         .key(keys.order(&entry.key))
         .key(keys.replies())
@@ -435,11 +472,51 @@ pub async fn finish(
     Ok((fresh == 1, Some(head).filter(|h| !h.is_empty())))
 }
 
+/// The bot-wide half of a two-step finish (`lua/apply.lua`).
+async fn apply(
+    conn: &mut Conn,
+    keys: &Keys,
+    update_id: i64,
+    done_: &super::Completion<'_>,
+) -> RedisResult<()> {
+    let u = done_.user.cloned().unwrap_or_default();
+    let mark = keys.applied(update_id);
+    let mut inv = scripts().apply.prepare_invoke();
+    inv.key(&mark.key)
+        .key(keys.user(u.id))
+        .key(keys.users_first_seen())
+        .key(keys.users_last_seen())
+        .key(keys.users_blocked());
+    for w in done_.writes {
+        inv.key(keys.kv(w.hash()));
+    }
+    inv.arg(keys::DONE_TTL_SECS)
+        .arg(now_ms())
+        .arg(if done_.user.is_some() {
+            u.id.to_string()
+        } else {
+            String::new()
+        })
+        .arg(&u.first_name)
+        .arg(&u.username)
+        .arg(&u.language_code)
+        .arg(if u.is_message { "1" } else { "0" })
+        .arg(&u.start_payload)
+        .arg(mark.bit)
+        .arg(done_.writes.len());
+    for w in done_.writes {
+        let (op, field, value) = w.parts();
+        inv.arg(op).arg(field).arg(value);
+    }
+    let _: i64 = inv.invoke_async(conn).await?;
+    Ok(())
+}
+
 /// Moves an entry to the dead letters with the reason, atomically
 /// (`lua/dead_letter.lua`).
 #[allow(clippy::too_many_arguments)]
 pub async fn dead_letter(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     id: &str,
     update_id: Option<i64>,
@@ -449,8 +526,10 @@ pub async fn dead_letter(
     deliveries: u64,
     reply: &str,
 ) -> RedisResult<()> {
+    let (stream, _) = stream_of_id(keys, id);
+    let keys = &home_of(keys, id);
     let mut inv = scripts().dead_letter.prepare_invoke();
-    inv.key(lane_stream(keys, Lane::of(id).0))
+    inv.key(stream)
         .key(keys.dead())
         .key(keys.failures())
         .key(keys.counters())
@@ -472,24 +551,31 @@ pub async fn dead_letter(
 
 /// Pushes the lease ends of replies still being sent (only those still kept).
 pub async fn renew_replies(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     ids: &[String],
     until_ms: i64,
 ) -> RedisResult<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let mut cmd = redis::cmd("ZADD");
-    cmd.arg(keys.replies_due()).arg("XX");
+    let mut by_home: HashMap<String, Vec<&str>> = HashMap::new();
     for id in ids {
-        cmd.arg(until_ms).arg(id);
+        by_home
+            .entry(home_of(keys, id).replies_due())
+            .or_default()
+            .push(id);
     }
-    cmd.query_async::<i64>(conn).await.map(drop)
+    for (due, ids) in by_home {
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(due).arg("XX");
+        for id in ids {
+            cmd.arg(until_ms).arg(id);
+        }
+        cmd.query_async::<i64>(conn).await?;
+    }
+    Ok(())
 }
 
 pub async fn kv_get(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     hash: &str,
     field: &str,
@@ -502,13 +588,9 @@ pub async fn kv_get(
 }
 
 /// Counts a failed delivery; returns the failures so far.
-pub async fn count_failure(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    entry_id: &str,
-) -> RedisResult<u64> {
+pub async fn count_failure(conn: &mut Conn, keys: &Keys, entry_id: &str) -> RedisResult<u64> {
     redis::cmd("HINCRBY")
-        .arg(keys.failures())
+        .arg(home_of(keys, entry_id).failures())
         .arg(entry_id)
         .arg(1)
         .query_async(conn)
@@ -516,11 +598,12 @@ pub async fn count_failure(
 }
 
 pub async fn is_done(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
+    entry_id: &str,
     update_id: i64,
 ) -> RedisResult<bool> {
-    let done = keys.done(update_id);
+    let done = home_of(keys, entry_id).done(update_id);
     let bit: u8 = redis::cmd("GETBIT")
         .arg(&done.key)
         .arg(done.bit)
@@ -531,33 +614,30 @@ pub async fn is_done(
 
 /// The group's consumers, as the ordinary lane lists them, with what each
 /// holds in the fast lane added (every worker reads both).
-pub async fn consumers(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-) -> RedisResult<Vec<ConsumerInfo>> {
+pub async fn consumers(conn: &mut Conn, keys: &Keys) -> RedisResult<Vec<ConsumerInfo>> {
     let mut list = lane_consumers(conn, &keys.stream()).await?;
-    let fast = match lane_consumers(conn, &keys.fast_stream()).await {
-        Ok(f) => f,
-        // No fast lane yet (workers of an older version): nothing held there.
-        Err(e) if e.code() == Some("NOGROUP") || e.code() == Some("ERR") => Vec::new(),
-        Err(e) => return Err(e),
-    };
-    for f in fast {
-        match list.iter_mut().find(|c| c.name == f.name) {
-            Some(c) => {
-                c.pending += f.pending;
-                c.idle_ms = c.idle_ms.min(f.idle_ms);
+    for stream in all_streams(keys).iter().filter(|s| **s != keys.stream()) {
+        let more = match lane_consumers(conn, stream).await {
+            Ok(f) => f,
+            // No fast lane yet (workers of an older version), a shard not
+            // joined yet: nothing held there.
+            Err(e) if e.code() == Some("NOGROUP") || e.code() == Some("ERR") => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for f in more {
+            match list.iter_mut().find(|c| c.name == f.name) {
+                Some(c) => {
+                    c.pending += f.pending;
+                    c.idle_ms = c.idle_ms.min(f.idle_ms);
+                }
+                None => list.push(f),
             }
-            None => list.push(f),
         }
     }
     Ok(list)
 }
 
-async fn lane_consumers(
-    conn: &mut ConnectionManager,
-    stream: &str,
-) -> RedisResult<Vec<ConsumerInfo>> {
+async fn lane_consumers(conn: &mut Conn, stream: &str) -> RedisResult<Vec<ConsumerInfo>> {
     let v: Vec<HashMap<String, Value>> = redis::cmd("XINFO")
         .arg("CONSUMERS")
         .arg(stream)
@@ -576,16 +656,31 @@ async fn lane_consumers(
 
 /// Removes `consumer` from the group, unless it still owns pending
 /// entries (`lua/leave_group.lua`). True when it left.
-pub async fn leave_group(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    consumer: &str,
-) -> RedisResult<bool> {
+pub async fn leave_group(conn: &mut Conn, keys: &Keys, consumer: &str) -> RedisResult<bool> {
+    // Shards in other slots first, each only if nothing is pending there
+    // (the script checks and leaves in one step); shard 0's, the fast
+    // lane's and the alive mark share the bot's slot and go last.
+    for s in 1..keys.shards() {
+        let shard = keys.shard(s);
+        let left: i64 = scripts()
+            .leave_group
+            .key(shard.stream())
+            .key(shard.alive(consumer))
+            .key(shard.fast_stream())
+            .arg(keys::GROUP)
+            .arg(consumer)
+            .invoke_async(conn)
+            .await?;
+        if left == 0 {
+            return Ok(false);
+        }
+    }
+    let bot = keys.bot();
     let left: i64 = scripts()
         .leave_group
-        .key(keys.stream())
-        .key(keys.alive(consumer))
-        .key(keys.fast_stream())
+        .key(bot.stream())
+        .key(bot.alive(consumer))
+        .key(bot.fast_stream())
         .arg(keys::GROUP)
         .arg(consumer)
         .invoke_async(conn)
@@ -595,7 +690,7 @@ pub async fn leave_group(
 
 /// Fills in `alive` for each consumer: one pipelined EXISTS per name.
 pub async fn fill_alive(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     consumers: &mut [ConsumerInfo],
 ) -> RedisResult<()> {
@@ -614,7 +709,7 @@ pub async fn fill_alive(
 }
 
 pub async fn mark_alive(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     consumer: &str,
     ttl: Duration,
@@ -628,11 +723,7 @@ pub async fn mark_alive(
         .await
 }
 
-pub async fn delete_consumer(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    name: &str,
-) -> RedisResult<u64> {
+pub async fn delete_consumer(conn: &mut Conn, keys: &Keys, name: &str) -> RedisResult<u64> {
     let n = redis::cmd("XGROUP")
         .arg("DELCONSUMER")
         .arg(keys.stream())
@@ -640,25 +731,29 @@ pub async fn delete_consumer(
         .arg(name)
         .query_async(conn)
         .await?;
-    // The fast lane may have no group yet: nothing to remove there then.
-    let _: RedisResult<u64> = redis::cmd("XGROUP")
-        .arg("DELCONSUMER")
-        .arg(keys.fast_stream())
-        .arg(keys::GROUP)
-        .arg(name)
-        .query_async(conn)
-        .await;
+    // The fast lane (or a shard) may have no group yet: nothing to remove
+    // there then.
+    for stream in all_streams(keys).iter().filter(|s| **s != keys.stream()) {
+        let _: RedisResult<u64> = redis::cmd("XGROUP")
+            .arg("DELCONSUMER")
+            .arg(stream)
+            .arg(keys::GROUP)
+            .arg(name)
+            .query_async(conn)
+            .await;
+    }
     Ok(n)
 }
 
 /// Puts a kept reply aside until due (`lua/delay_reply.lua`).
 pub async fn delay_reply(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     entry_id: &str,
     body: &str,
     due_ms: i64,
 ) -> RedisResult<()> {
+    let keys = &home_of(keys, entry_id);
     let mut inv = scripts().delay_reply.prepare_invoke();
     inv.key(keys.replies())
         .key(keys.replies_due())
@@ -671,11 +766,35 @@ pub async fn delay_reply(
     Ok(())
 }
 
-/// How many replies are put aside, and the earliest due time.
-pub async fn delayed_replies(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-) -> RedisResult<(u64, Option<i64>)> {
+/// How many replies are put aside, and the earliest due time, over every
+/// shard's home.
+pub async fn delayed_replies(conn: &mut Conn, keys: &Keys) -> RedisResult<(u64, Option<i64>)> {
+    let (mut n, mut first) = (0, None::<i64>);
+    for s in 0..keys.shards() {
+        let (k, f) = delayed_replies_in(conn, &keys.shard(s)).await?;
+        n += k;
+        first = match (first, f) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok((n, first))
+}
+
+/// Kept replies over every shard's home.
+pub async fn kept_replies(conn: &mut Conn, keys: &Keys) -> RedisResult<u64> {
+    let mut n = 0;
+    for s in 0..keys.shards() {
+        let k: u64 = redis::cmd("HLEN")
+            .arg(keys.shard(s).replies())
+            .query_async(conn)
+            .await?;
+        n += k;
+    }
+    Ok(n)
+}
+
+async fn delayed_replies_in(conn: &mut Conn, keys: &Keys) -> RedisResult<(u64, Option<i64>)> {
     let (n, first): (u64, Vec<(String, f64)>) = redis::pipe()
         .zcard(keys.replies_delayed())
         .cmd("ZRANGE")
@@ -713,14 +832,15 @@ pub fn value_i64(v: &Value) -> Option<i64> {
 
 /// The first entry id of each conversation's order list (one round trip).
 pub async fn heads(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     chats: &[(String, i64)],
 ) -> RedisResult<Vec<Head>> {
     let mut pipe = redis::pipe();
     for (k, update_id) in chats {
-        let done = keys.done(*update_id);
-        pipe.cmd("LINDEX").arg(keys.order(k)).arg(0);
+        let home = keys.shard(keys.shard_of(k));
+        let done = home.done(*update_id);
+        pipe.cmd("LINDEX").arg(home.order(k)).arg(0);
         pipe.cmd("GETBIT").arg(&done.key).arg(done.bit);
     }
     let replies: Vec<Value> = pipe.query_async(conn).await?;
@@ -740,11 +860,12 @@ pub async fn heads(
 /// Drops a chat's head if it is still the head and its entry is gone
 /// (`lua/heal_head.lua`).
 pub async fn heal_head(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     order_key: &str,
     head: &str,
 ) -> RedisResult<bool> {
+    let keys = &keys.shard(keys.shard_of(order_key));
     let mut inv = scripts().heal_head.prepare_invoke();
     inv.key(keys.stream())
         .key(keys.order(order_key))
@@ -754,21 +875,31 @@ pub async fn heal_head(
     Ok(n == 1)
 }
 
+/// A lane's depth over all its shards: lengths, lags and pendings add up,
+/// the oldest is the oldest of any.
+pub async fn depth(conn: &mut Conn, keys: &Keys, lane: Lane) -> RedisResult<super::Depth> {
+    let shards = if lane == Lane::Fast { 1 } else { keys.shards() };
+    let mut total = super::Depth::default();
+    for s in 0..shards {
+        let d = stream_depth(conn, &lane_stream(keys, lane, s)).await?;
+        total.length += d.length;
+        total.lag += d.lag;
+        total.pending += d.pending;
+        total.oldest_age_ms = total.oldest_age_ms.max(d.oldest_age_ms);
+    }
+    Ok(total)
+}
+
 /// Length, lag and pending in two commands. Handled and dead entries are
 /// deleted, so every entry in the stream is either pending (delivered, not
 /// acknowledged) or not yet delivered: lag is length minus pending - exact,
 /// where Redis's own `lag` field turns nil after deletions.
-pub async fn depth(
-    conn: &mut ConnectionManager,
-    keys: &Keys,
-    lane: Lane,
-) -> RedisResult<super::Depth> {
-    let stream = lane_stream(keys, lane);
+pub async fn stream_depth(conn: &mut Conn, stream: &str) -> RedisResult<super::Depth> {
     let (length, first): (u64, Vec<StreamEntry>) = redis::pipe()
         .cmd("XLEN")
-        .arg(&stream)
+        .arg(stream)
         .cmd("XRANGE")
-        .arg(&stream)
+        .arg(stream)
         .arg("-")
         .arg("+")
         .arg("COUNT")
@@ -782,7 +913,7 @@ pub async fn depth(
         .map(|(id, _)| (now_ms() as u64).saturating_sub(super::id_order(id).0))
         .unwrap_or(0);
     let summary: RedisResult<Value> = redis::cmd("XPENDING")
-        .arg(&stream)
+        .arg(stream)
         .arg(keys::GROUP)
         .query_async(conn)
         .await;
@@ -803,7 +934,7 @@ pub async fn depth(
 /// Settings of the Redis server that can lose updates the ingress already
 /// answered 200 for, each as one line an operator can act on. Read from
 /// `INFO` (managed Redis services often refuse `CONFIG`).
-pub async fn durability_risks(conn: &mut ConnectionManager) -> RedisResult<Vec<String>> {
+pub async fn durability_risks(conn: &mut Conn) -> RedisResult<Vec<String>> {
     let (persistence, memory): (String, String) = redis::pipe()
         .cmd("INFO")
         .arg("persistence")

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use crate::redis_conn::Conn;
 use futures::FutureExt;
-use redis::aio::ConnectionManager;
 
 use super::redis_ops;
 use super::scripts::scripts;
@@ -18,14 +18,41 @@ use crate::redis_conn::{self, COMMAND_TIMEOUT};
 use crate::stats::{self, BotStats, UserRecord};
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     /// Its own connection for `XREADGROUP BLOCK`, with a response timeout
-    /// longer than the block; one per lane, since a blocked read holds its
-    /// connection and each lane's reader blocks on its own.
-    blocking: ConnectionManager,
-    blocking_fast: ConnectionManager,
+    /// longer than the block; one per shard of the ordinary lane and one
+    /// for the fast lane, since a blocked read holds its connection and
+    /// each reader blocks on its own.
+    blocking: Vec<Conn>,
+    blocking_fast: Conn,
     keys: Keys,
+    /// `REDIS_WAIT_REPLICAS`: replicas that must have an update before
+    /// it is acknowledged.
+    wait_replicas: u32,
 }
+
+/// How to reach and lay out the queue in Redis (`REDIS_CLUSTER`,
+/// `QUEUE_SHARDS`, `REDIS_WAIT_REPLICAS`).
+#[derive(Debug, Clone, Copy)]
+pub struct RedisLayout {
+    /// `None`: ask the server.
+    pub cluster: Option<bool>,
+    pub shards: u16,
+    pub wait_replicas: u32,
+}
+
+impl Default for RedisLayout {
+    fn default() -> Self {
+        Self {
+            cluster: None,
+            shards: 1,
+            wait_replicas: 0,
+        }
+    }
+}
+
+/// How long an acknowledgement waits for replicas, at most.
+pub const WAIT_REPLICAS_FOR: Duration = Duration::from_secs(2);
 
 /// The longest a blocking read may wait.
 pub const MAX_BLOCK: Duration = Duration::from_secs(2);
@@ -33,12 +60,47 @@ pub const MAX_BLOCK: Duration = Duration::from_secs(2);
 impl RedisStore {
     /// Lazy: never fails because Redis is down, only on a malformed URL.
     /// Every key it touches is named by `keys` (`REDIS_KEY_PREFIX`).
+    /// One server, one shard: today's layout, no question asked.
     pub fn open(url: &str, keys: Keys) -> redis::RedisResult<Self> {
-        Ok(Self {
-            conn: redis_conn::manager(url)?,
-            blocking: redis_conn::blocking_manager(url, MAX_BLOCK)?,
-            blocking_fast: redis_conn::blocking_manager(url, MAX_BLOCK)?,
+        Self::open_target(
+            &redis_conn::Target::single(url),
             keys,
+            RedisLayout::default(),
+        )
+    }
+
+    /// Asks the server whether it is a cluster (unless `layout` says),
+    /// then lays the keys out for it: hash tags on a cluster, one home per
+    /// shard.
+    pub async fn connect(url: &str, keys: Keys, layout: RedisLayout) -> redis::RedisResult<Self> {
+        let target = redis_conn::Target::resolve(url, layout.cluster).await?;
+        Self::open_target(&target, keys, layout)
+    }
+
+    /// The store `config` names (`REDIS_URL` and the layout variables).
+    pub async fn for_config(config: &crate::config::Config) -> redis::RedisResult<Self> {
+        Self::connect(
+            config.redis_url_or_default(),
+            config.redis_keys.clone(),
+            config.redis_layout,
+        )
+        .await
+    }
+
+    pub fn open_target(
+        target: &redis_conn::Target,
+        keys: Keys,
+        layout: RedisLayout,
+    ) -> redis::RedisResult<Self> {
+        let keys = keys.laid_out(target.is_cluster(), layout.shards);
+        Ok(Self {
+            conn: target.manager()?,
+            blocking: (0..keys.shards())
+                .map(|_| target.blocking(MAX_BLOCK))
+                .collect::<Result<_, _>>()?,
+            blocking_fast: target.blocking(MAX_BLOCK)?,
+            keys,
+            wait_replicas: layout.wait_replicas,
         })
     }
 
@@ -72,8 +134,50 @@ impl RedisStore {
         });
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
+    pub fn connection(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// Runs the enqueue script, once more if the connection broke (Redis
+    /// restarted, a failover, an idle connection cut by a proxy): the
+    /// manager is reconnecting, so one more try usually lands. Safe to
+    /// repeat: if the first script ran, the seen mark makes this one a
+    /// no-op that answers Duplicate. Otherwise Telegram would get a 503
+    /// and hold the chat back for its own retry delay.
+    async fn store_once_more(
+        &self,
+        c: &mut Conn,
+        probe: &Probe,
+        lane: Lane,
+        raw: &[u8],
+    ) -> StoreResult<Enqueued> {
+        match bounded(envelope::enqueue(c, &self.keys, probe, lane, raw)).await {
+            Err(StoreError::Redis(e)) if connection_broke(&e) => {
+                tracing::debug!(error = %e, "connection broke while storing; one more try");
+                bounded(envelope::enqueue(c, &self.keys, probe, lane, raw)).await
+            }
+            other => other,
+        }
+    }
+
+    /// `REDIS_WAIT_REPLICAS`: holds the acknowledgement until enough
+    /// replicas of the master holding `key` have the write.
+    async fn replicated(&self, conn: &mut Conn, key: &str) -> StoreResult<()> {
+        if self.wait_replicas == 0 {
+            return Ok(());
+        }
+        let got = bounded(conn.wait_replicas(key, self.wait_replicas, WAIT_REPLICAS_FOR)).await?;
+        if got < self.wait_replicas {
+            return Err(StoreError::NotReplicated {
+                got,
+                want: self.wait_replicas,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -111,19 +215,16 @@ impl Intake for RedisStore {
     ) -> StoreFuture<'a, Enqueued> {
         async move {
             let mut c = self.conn.clone();
-            match bounded(envelope::enqueue(&mut c, &self.keys, probe, lane, raw)).await {
-                // The connection broke (Redis restarted, a failover, an idle
-                // connection cut by a proxy): the manager is reconnecting,
-                // so one more try usually lands. Safe to repeat: if the
-                // first script ran, the seen mark makes this one a no-op
-                // that answers Duplicate. Otherwise Telegram would get a
-                // 503 and hold the chat back for its own retry delay.
-                Err(StoreError::Redis(e)) if connection_broke(&e) => {
-                    tracing::debug!(error = %e, "connection broke while storing; one more try");
-                    bounded(envelope::enqueue(&mut c, &self.keys, probe, lane, raw)).await
-                }
-                other => other,
-            }
+            let stored = self.store_once_more(&mut c, probe, lane, raw).await?;
+            // A duplicate waits too: its first copy may be the one whose
+            // wait ran out.
+            let shard = match lane {
+                Lane::Ordinary => self.keys.shard_of(&probe.key),
+                Lane::Fast => 0,
+            };
+            self.replicated(&mut c, &redis_ops::lane_stream(&self.keys, lane, shard))
+                .await?;
+            Ok(stored)
         }
         .boxed()
     }
@@ -144,6 +245,19 @@ impl Intake for RedisStore {
             } else {
                 Err(StoreError::Timeout)
             }
+        }
+        .boxed()
+    }
+
+    fn shard_depths(&self) -> StoreFuture<'_, Vec<Depth>> {
+        async move {
+            let mut c = self.conn.clone();
+            let mut out = Vec::new();
+            for s in 0..self.keys.shards() {
+                let stream = redis_ops::lane_stream(&self.keys, Lane::Ordinary, s);
+                out.push(bounded(redis_ops::stream_depth(&mut c, &stream)).await?);
+            }
+            Ok(out)
         }
         .boxed()
     }
@@ -224,20 +338,25 @@ impl ConsumerGroup for RedisStore {
         .boxed()
     }
 
+    fn shards(&self) -> u16 {
+        self.keys.shards()
+    }
+
     fn read_new<'a>(
         &'a self,
         consumer: &'a str,
         lane: Lane,
+        shard: u16,
         count: usize,
         block_ms: u64,
     ) -> StoreFuture<'a, Read> {
         async move {
             let mut c = match lane {
-                Lane::Ordinary => self.blocking.clone(),
+                Lane::Ordinary => self.blocking[usize::from(shard) % self.blocking.len()].clone(),
                 Lane::Fast => self.blocking_fast.clone(),
             };
             let block_ms = block_ms.min(MAX_BLOCK.as_millis() as u64);
-            let f = redis_ops::read_new(&mut c, &self.keys, consumer, lane, count, block_ms);
+            let f = redis_ops::read_new(&mut c, &self.keys, consumer, lane, shard, count, block_ms);
             let (entries, unreadable) =
                 match tokio::time::timeout(MAX_BLOCK + COMMAND_TIMEOUT, f).await {
                     Ok(r) => r?,
@@ -255,6 +374,7 @@ impl ConsumerGroup for RedisStore {
         &'a self,
         consumer: &'a str,
         lane: Lane,
+        shard: u16,
         min_idle_ms: u64,
         cursor: &'a str,
         count: usize,
@@ -266,6 +386,7 @@ impl ConsumerGroup for RedisStore {
                 &self.keys,
                 consumer,
                 lane,
+                shard,
                 min_idle_ms,
                 cursor,
                 count,
@@ -340,10 +461,10 @@ impl ConsumerGroup for RedisStore {
 }
 
 impl Delivery for RedisStore {
-    fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
+    fn is_done<'a>(&'a self, entry_id: &'a str, update_id: i64) -> StoreFuture<'a, bool> {
         async move {
             let mut c = self.conn.clone();
-            bounded(redis_ops::is_done(&mut c, &self.keys, update_id)).await
+            bounded(redis_ops::is_done(&mut c, &self.keys, entry_id, update_id)).await
         }
         .boxed()
     }
@@ -391,12 +512,7 @@ impl Delivery for RedisStore {
     fn kept_replies(&self) -> StoreFuture<'_, u64> {
         async move {
             let mut c = self.conn.clone();
-            bounded(
-                redis::cmd("HLEN")
-                    .arg(self.keys.replies())
-                    .query_async(&mut c),
-            )
-            .await
+            bounded(redis_ops::kept_replies(&mut c, &self.keys)).await
         }
         .boxed()
     }

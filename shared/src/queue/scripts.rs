@@ -14,6 +14,8 @@ pub struct Scripts {
     pub enqueue: Script,
     /// An update's completion (`lua/finish.lua`).
     pub finish: Script,
+    /// Its bot-wide half when its shard is elsewhere (`lua/apply.lua`).
+    pub apply: Script,
     pub dead_letter: Script,
     pub reply_sent: Script,
     pub orphan_replies: Script,
@@ -41,6 +43,7 @@ pub struct Scripts {
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     enqueue: Script::new(include_str!("lua/enqueue.lua")),
     finish: Script::new(include_str!("lua/finish.lua")),
+    apply: Script::new(include_str!("lua/apply.lua")),
     dead_letter: Script::new(include_str!("lua/dead_letter.lua")),
     reply_sent: Script::new(include_str!("lua/reply_sent.lua")),
     orphan_replies: Script::new(include_str!("lua/orphan_replies.lua")),
@@ -80,6 +83,7 @@ mod tests {
             &s.dead_letter,
             &s.reply_sent,
             &s.orphan_replies,
+            &s.apply,
             &s.leave_group,
             &s.heal_head,
             &s.lease,

@@ -62,7 +62,7 @@ pub async fn send(config: Config, args: OutboxArgs) -> ExitCode {
     };
     let url = config.redis_url_or_default();
     let redis = shared::config::redact_url(url);
-    let store = match RedisStore::open(url, config.redis_keys.clone()) {
+    let store = match RedisStore::for_config(&config).await {
         Ok(s) => s,
         Err(e) => {
             shared::telemetry::print_line(&format!("worker outbox: REDIS_URL is not usable: {e}"));

@@ -38,7 +38,7 @@ impl Consumer {
             // finish script. A retry asks afresh.
             let done = match known_done.take() {
                 Some(d) => Ok(d),
-                None => self.store.is_done(entry.update_id).await,
+                None => self.store.is_done(&entry.id, entry.update_id).await,
             };
             let done = match done {
                 Ok(d) => d,

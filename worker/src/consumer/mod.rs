@@ -172,10 +172,16 @@ impl Consumer {
         let heartbeat = tokio::spawn(self.clone().heartbeat_loop(background.clone()));
         let park = tokio::spawn(self.clone().park_loop(background.clone()));
 
-        tokio::join!(
-            self.clone().read_loop(Lane::Ordinary, cancel.clone()),
-            self.clone().read_loop(Lane::Fast, cancel.clone()),
-        );
+        // One loop per stream: the fast lane and every shard of the
+        // ordinary one. The shards' loops share the ordinary lane's slots,
+        // taken in turn (the semaphore is fair), so every shard is served.
+        let readers = Lane::ALL
+            .into_iter()
+            .flat_map(|lane| (0..self.shards_of(lane)).map(move |shard| (lane, shard)));
+        futures::future::join_all(
+            readers.map(|(lane, shard)| self.clone().read_loop(lane, shard, cancel.clone())),
+        )
+        .await;
 
         info!(
             in_flight = self.in_flight(),
@@ -241,6 +247,15 @@ impl Consumer {
         self.inflight.lock().map(|s| s.len()).unwrap_or(0)
     }
 
+    /// How many streams a lane has: the fast lane one, the ordinary lane
+    /// one per shard.
+    pub(super) fn shards_of(&self, lane: Lane) -> u16 {
+        match lane {
+            Lane::Ordinary => self.store.shards().max(1),
+            Lane::Fast => 1,
+        }
+    }
+
     /// A lane's handler slots.
     pub(super) fn slots(&self, lane: Lane) -> Arc<Semaphore> {
         match lane {
@@ -263,7 +278,7 @@ impl Consumer {
         (age >= deadline).then_some((kind, age))
     }
 
-    async fn read_loop(self: Arc<Self>, lane: Lane, cancel: CancellationToken) {
+    async fn read_loop(self: Arc<Self>, lane: Lane, shard: u16, cancel: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut outage = false;
         let holds = match lane {
@@ -304,6 +319,7 @@ impl Consumer {
                 .read_new(
                     &self.settings.name,
                     lane,
+                    shard,
                     permits.len(),
                     BLOCK.as_millis() as u64,
                 )

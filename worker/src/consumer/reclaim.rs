@@ -33,7 +33,9 @@ impl Consumer {
                 self.mark_alive().await;
             }
             for lane in Lane::ALL {
-                self.reclaim_lane(lane, idle, &cancel).await;
+                for shard in 0..self.shards_of(lane) {
+                    self.reclaim_lane(lane, shard, idle, &cancel).await;
+                }
             }
             if last_cleanup.elapsed() >= idle {
                 last_cleanup = Instant::now();
@@ -58,6 +60,7 @@ impl Consumer {
     async fn reclaim_lane(
         self: &Arc<Self>,
         lane: Lane,
+        shard: u16,
         idle: Duration,
         cancel: &CancellationToken,
     ) {
@@ -72,6 +75,7 @@ impl Consumer {
                     .autoclaim(
                         &self.settings.name,
                         lane,
+                        shard,
                         idle.as_millis() as u64,
                         &cursor,
                         32,

@@ -6,9 +6,9 @@
 -- KEYS: stream, dead letters, failures, counters, order list, replies,
 -- replies:due. ARGV: group, entry id, update id, order key, update,
 -- error, deliveries, failed at ms, reply.
--- A fast-lane id carries its lane's tag (lane.rs); its stream does not.
+-- A fast-lane or shard id carries a tag (lane.rs); its stream does not.
 local sid = ARGV[2]
-if string.byte(sid, 1) == 102 then sid = string.sub(sid, 2) end
+sid = string.match(sid, "(%d+%-%d+)$") or sid
 redis.call('XACK', KEYS[1], ARGV[1], sid)
 redis.call('XDEL', KEYS[1], sid)
 redis.call('HDEL', KEYS[3], ARGV[2])

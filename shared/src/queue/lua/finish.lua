@@ -20,10 +20,10 @@
 -- username, language_code, is message ('1'/'0'), start payload, group,
 -- entry id, order key ('' = none), done bit, reply ('' = none), reply
 -- lease end ms, number of writes, then (op, field, value) per write.
--- A fast-lane entry's id carries its lane's tag (lane.rs), its stream
+-- A fast-lane or shard entry id carries a tag (lane.rs), its stream
 -- (KEYS[6], chosen by the caller) knows it without.
 local sid = ARGV[10]
-if string.byte(sid, 1) == 102 then sid = string.sub(sid, 2) end
+sid = string.match(sid, "(%d+%-%d+)$") or sid
 redis.call('XACK', KEYS[6], ARGV[9], sid)
 redis.call('XDEL', KEYS[6], sid)
 redis.call('HDEL', KEYS[7], ARGV[10])

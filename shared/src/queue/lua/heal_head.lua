@@ -4,7 +4,9 @@
 --
 -- KEYS: stream, order list, replies. ARGV: the head entry id.
 if redis.call('LINDEX', KEYS[2], 0) ~= ARGV[1] then return 0 end
-if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) > 0 then return 0 end
+-- The head is an entry id; a shard's carries a tag (lane.rs).
+local sid = string.match(ARGV[1], "(%d+%-%d+)$") or ARGV[1]
+if #redis.call('XRANGE', KEYS[1], sid, sid) > 0 then return 0 end
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return 0 end
 redis.call('LPOP', KEYS[2])
 return 1

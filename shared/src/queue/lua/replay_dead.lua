@@ -10,8 +10,8 @@
 -- letter is still here, those are its fields.
 --
 -- KEYS: stream, dead letters, order list, replies, replies:due.
--- ARGV: dead letter id, order key ('' = none), then the new entry's
--- `field value ...` list. Returns 1 replayed, 0 gone, -1 kept (no update
+-- ARGV: dead letter id, order key ('' = none), the id tag of the
+-- stream's shard (lane.rs), then the new entry's `field value ...` list. Returns 1 replayed, 0 gone, -1 kept (no update
 -- body).
 local e = redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[1])
 if #e == 0 then return 0 end
@@ -25,7 +25,7 @@ if (m['reply'] or '') ~= '' then
   return 1
 end
 if m['update'] == nil or m['update'] == '' then return -1 end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[3], id) end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+if ARGV[2] ~= '' then redis.call('RPUSH', KEYS[3], ARGV[3] .. id) end
 redis.call('XDEL', KEYS[2], ARGV[1])
 return 1

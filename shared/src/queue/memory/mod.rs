@@ -363,6 +363,7 @@ impl ConsumerGroup for MemoryStore {
         &'a self,
         consumer: &'a str,
         lane: Lane,
+        _shard: u16,
         count: usize,
         block_ms: u64,
     ) -> StoreFuture<'a, Read> {
@@ -431,6 +432,7 @@ impl ConsumerGroup for MemoryStore {
         &'a self,
         consumer: &'a str,
         lane: Lane,
+        _shard: u16,
         min_idle_ms: u64,
         cursor: &'a str,
         count: usize,
@@ -538,7 +540,7 @@ impl ConsumerGroup for MemoryStore {
 }
 
 impl Delivery for MemoryStore {
-    fn is_done(&self, update_id: i64) -> StoreFuture<'_, bool> {
+    fn is_done<'a>(&'a self, _entry_id: &'a str, update_id: i64) -> StoreFuture<'a, bool> {
         ready(self.with(|s| s.done.get(&update_id).is_some_and(|e| *e > Instant::now())))
     }
 

@@ -25,7 +25,7 @@ async fn dedupe_in_and_out_ack_and_order() {
         Enqueued::Duplicate
     );
     m.enqueue(&p2, Lane::Ordinary, &r2).await.unwrap();
-    let read = m.read_new("a", Lane::Ordinary, 10, 10).await.unwrap();
+    let read = m.read_new("a", Lane::Ordinary, 0, 10, 10).await.unwrap();
     assert_eq!(read.entries.len(), 2);
     let (e1, e2) = (&read.entries[0], &read.entries[1]);
     let asked = [("c5".to_string(), 1)];
@@ -40,7 +40,7 @@ async fn dedupe_in_and_out_ack_and_order() {
     let (fresh, head) = m.finish(e1, Completion::default()).await.unwrap();
     assert!(fresh);
     assert_eq!(head, Some(e2.id.clone()));
-    assert!(m.is_done(1).await.unwrap());
+    assert!(m.is_done("", 1).await.unwrap());
     assert_eq!(
         m.heads(&asked).await.unwrap(),
         vec![Head {
@@ -76,19 +76,19 @@ async fn idle_entries_are_claimed_and_dead_letters_leave_the_order() {
     let (p1, r1) = update(10, 6);
     m.enqueue(&p1, Lane::Ordinary, &r1).await.unwrap();
     let e = m
-        .read_new("dead-worker", Lane::Ordinary, 1, 10)
+        .read_new("dead-worker", Lane::Ordinary, 0, 1, 10)
         .await
         .unwrap()
         .entries
         .remove(0);
     let c = m
-        .autoclaim("b", Lane::Ordinary, 60_000, "0-0", 10)
+        .autoclaim("b", Lane::Ordinary, 0, 60_000, "0-0", 10)
         .await
         .unwrap();
     assert!(c.entries.is_empty(), "not idle long enough");
     tokio::time::sleep(Duration::from_millis(20)).await;
     let c = m
-        .autoclaim("b", Lane::Ordinary, 10, "0-0", 10)
+        .autoclaim("b", Lane::Ordinary, 0, 10, "0-0", 10)
         .await
         .unwrap();
     assert_eq!(c.entries.len(), 1);
@@ -123,7 +123,7 @@ async fn blocking_read_wakes_on_arrival() {
     let m = std::sync::Arc::new(MemoryStore::default());
     let m2 = m.clone();
     let reader =
-        tokio::spawn(async move { m2.read_new("a", Lane::Ordinary, 1, 5_000).await.unwrap() });
+        tokio::spawn(async move { m2.read_new("a", Lane::Ordinary, 0, 1, 5_000).await.unwrap() });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (p, r) = update(20, 7);
     m.enqueue(&p, Lane::Ordinary, &r).await.unwrap();

@@ -9,6 +9,10 @@
 
 use std::sync::Arc;
 
+mod layout;
+
+pub use layout::slot_of;
+
 /// The prefix when `REDIS_KEY_PREFIX` is unset: the names every deployment
 /// before the variable existed already has in its Redis.
 pub const DEFAULT_PREFIX: &str = "tgbot:";
@@ -53,17 +57,24 @@ pub const SEEN_TTL_SECS: u64 = 2 * 24 * 3600;
 /// [`SEEN_TTL_SECS`]): longer than any redelivery can come.
 pub const DONE_TTL_SECS: u64 = 7 * 24 * 3600;
 
-/// The names of one bot's keys. Cheap to clone (the prefix is shared).
+/// The names of one bot's keys. Cheap to clone (the names' starts are
+/// shared).
+///
+/// A `Keys` names the keys of one *home*: shard 0's (every bot-wide key
+/// lives there too) unless made with [`Keys::shard`]. On one Redis with one
+/// shard every home is the plain prefix, today's names; on a cluster or
+/// with several shards each home is a hash tag ([`layout`]), so each
+/// script's keys share one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     prefix: Arc<str>,
+    home: Arc<str>,
+    homes: Arc<[Arc<str>]>,
 }
 
 impl Default for Keys {
     fn default() -> Self {
-        Self {
-            prefix: DEFAULT_PREFIX.into(),
-        }
+        Self::plain(DEFAULT_PREFIX.into())
     }
 }
 
@@ -77,17 +88,84 @@ impl Keys {
         if prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(BadPrefix::Whitespace);
         }
-        Ok(Self {
-            prefix: prefix.into(),
-        })
+        Ok(Self::plain(prefix.into()))
+    }
+
+    fn plain(prefix: Arc<str>) -> Self {
+        Self {
+            home: prefix.clone(),
+            homes: Arc::new([prefix.clone()]),
+            prefix,
+        }
+    }
+
+    /// The same names laid out for a cluster (`tagged`) and/or `shards`
+    /// update streams: every home becomes a hash tag, chosen so that the
+    /// shards spread evenly over the slot space. One server with one shard
+    /// keeps the plain names.
+    pub fn laid_out(&self, tagged: bool, shards: u16) -> Self {
+        let shards = shards.max(1);
+        if !tagged && shards == 1 {
+            return Self::plain(self.prefix.clone());
+        }
+        let homes: Arc<[Arc<str>]> = (0..shards)
+            .map(|i| Arc::from(layout::home(&self.prefix, i, shards)))
+            .collect();
+        Self {
+            prefix: self.prefix.clone(),
+            home: homes[0].clone(),
+            homes,
+        }
     }
 
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
+    /// How many update streams (shards) the layout has.
+    pub fn shards(&self) -> u16 {
+        self.homes.len() as u16
+    }
+
+    /// Whether names carry hash tags (a cluster, or several shards).
+    pub fn tagged(&self) -> bool {
+        self.homes[0] != self.prefix
+    }
+
+    /// The names of shard `i`'s home: its stream, its conversations' order
+    /// lists, its dedupe marks, failures, kept replies, counters and dead
+    /// letters - everything one entry's scripts touch.
+    pub fn shard(&self, i: u16) -> Self {
+        let home = self.homes[usize::from(i) % self.homes.len()].clone();
+        Self {
+            prefix: self.prefix.clone(),
+            home,
+            homes: self.homes.clone(),
+        }
+    }
+
+    /// Shard 0's names: the bot-wide keys' home.
+    pub fn bot(&self) -> Self {
+        self.shard(0)
+    }
+
+    /// The shard a conversation's updates live in, by its ordering key
+    /// (`c<chat>` / `u<user>`): all of one chat's updates in one stream,
+    /// so its order and dedupe hold. Updates with no key go to shard 0.
+    pub fn shard_of(&self, order_key: &str) -> u16 {
+        if self.homes.len() == 1 || order_key.is_empty() {
+            return 0;
+        }
+        (layout::crc16(order_key.as_bytes()) % self.homes.len() as u16) as u16
+    }
+
+    /// The shard of a chat (outbound messages join their chat's shard).
+    pub fn shard_of_chat(&self, chat_id: i64) -> u16 {
+        self.shard_of(&format!("c{chat_id}"))
+    }
+
     fn name(&self, rest: &str) -> String {
-        format!("{}{rest}", self.prefix)
+        format!("{}{rest}", self.home)
     }
 
     fn mark(&self, kind: &str, update_id: i64) -> Mark {
@@ -140,6 +218,14 @@ impl Keys {
     /// between handling and XACK) is then acknowledged and skipped.
     pub fn done(&self, update_id: i64) -> Mark {
         self.mark("done", update_id)
+    }
+
+    /// Set when an update's user record and writes were applied, for
+    /// updates finished in two steps (a shard in another slot than the
+    /// bot's keys): the writes stay exactly-once across a crash between
+    /// the steps.
+    pub fn applied(&self, update_id: i64) -> Mark {
+        self.mark("applied", update_id)
     }
 
     /// Per ordering key (`c<chat>` / `u<user>`), the ids of its entries still
