@@ -56,7 +56,7 @@ pub fn log_dir() -> PathBuf {
     d
 }
 
-fn unique() -> usize {
+pub(crate) fn unique() -> usize {
     static N: AtomicUsize = AtomicUsize::new(0);
     N.fetch_add(1, Ordering::SeqCst)
 }
@@ -89,7 +89,7 @@ pub fn free_port() -> u16 {
         .expect("find a free port")
 }
 
-fn which(bin: &str) -> Option<PathBuf> {
+pub(crate) fn which(bin: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(bin))
@@ -100,7 +100,7 @@ fn which(bin: &str) -> Option<PathBuf> {
 /// in CI): no stray redis-server or service keeps a port or a CPU busy.
 /// Linux ties this to the spawning thread, which for these helpers is the
 /// test's own thread, alive as long as the test.
-fn die_with_parent<C: std::os::unix::process::CommandExt>(cmd: &mut C) {
+pub(crate) fn die_with_parent<C: std::os::unix::process::CommandExt>(cmd: &mut C) {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork
     // and exec.
@@ -197,15 +197,23 @@ pub struct RedisServer {
 }
 
 fn redis_missing() -> Option<RedisServer> {
+    redis_tool_missing("redis-server")
+}
+
+/// The loud skip (or, under `E2E_REQUIRE_REDIS`, the failure) when a Redis
+/// program (`redis-server`, `redis-cli`) is not installed.
+pub(crate) fn redis_tool_missing<T>(tool: &str) -> Option<T> {
     let require = std::env::var("E2E_REQUIRE_REDIS")
         .map(|v| matches!(v.as_str(), "1" | "true" | "yes"))
         .unwrap_or(false);
-    let msg = "SKIPPED: redis-server not found on PATH - this end-to-end test did NOT run. \
-               Install it (apt-get install redis-server) to run the e2e tests.";
+    let msg = format!(
+        "SKIPPED: {tool} not found on PATH - this end-to-end test did NOT run. \
+         Install it (apt-get install redis-server) to run the e2e tests."
+    );
     if require {
         panic!("{msg} (E2E_REQUIRE_REDIS is set, so this is a failure)");
     }
-    loud(&msg_box(msg));
+    loud(&msg_box(&msg));
     None
 }
 

@@ -12,9 +12,11 @@
 //!   duplicated, dead-lettered, lost);
 //! - [`updates`]: realistic updates (builders from `fake_bot_api`, plus the
 //!   real payloads in `shared/telegram/updates/`);
-//! - [`slow_client`]: hostile HTTP clients; [`container`]: the image check.
+//! - [`slow_client`]: hostile HTTP clients; [`container`]: the image check;
+//! - [`cluster`]: a real local Redis Cluster (failover, slot migration).
 
 pub mod accounting;
+pub mod cluster;
 pub mod container;
 pub mod harness;
 pub mod slow_client;
@@ -27,6 +29,8 @@ pub use fake_bot_api;
 pub use fake_bot_api::{FakeBotApi, BOT_USERNAME};
 pub use harness::{assert_token_absent, RedisServer, Service};
 pub use stack::Stack;
+
+pub use cluster::{ClusterOptions, RedisCluster};
 
 /// The bot token every test uses (the fake's). Shaped like a real one, and
 /// loud enough to spot if it ever reaches a log line.

@@ -156,7 +156,7 @@ impl Keys {
         if self.homes.len() == 1 || order_key.is_empty() {
             return 0;
         }
-        (layout::crc16(order_key.as_bytes()) % self.homes.len() as u16) as u16
+        layout::crc16(order_key.as_bytes()) % self.homes.len() as u16
     }
 
     /// The shard of a chat (outbound messages join their chat's shard).

@@ -458,7 +458,7 @@ pub trait Outbound: Send + Sync {
 }
 
 /// A chat's head, as [`Store::heads`] answers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Head {
     /// The oldest entry of the chat not yet ended; `None`: none listed.
     pub entry: Option<String>,
@@ -481,6 +481,9 @@ pub struct DeadLetterRequest<'a> {
 
 /// A stream id as a sortable pair.
 pub fn id_order(id: &str) -> (u64, u64) {
+    // A shard's or the fast lane's tag says where the id comes from, not
+    // when: only the stream id orders.
+    let (_, _, id) = locate(id);
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }

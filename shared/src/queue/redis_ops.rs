@@ -254,6 +254,7 @@ fn in_lane(
 
 /// Takes over entries idle for `min_idle_ms` (their consumer died or
 /// stalled). One page per call; the caller loops on the returned cursor.
+#[allow(clippy::too_many_arguments)]
 pub async fn autoclaim(
     conn: &mut Conn,
     keys: &Keys,
@@ -296,23 +297,30 @@ pub async fn delivery_counts(
     keys: &Keys,
     ids: &[&str],
 ) -> RedisResult<HashMap<String, u64>> {
-    // One pipelined round trip: claimed entries are not yet covered by the
+    // One pipelined round trip per stream (a cluster pipelines only
+    // within one slot): claimed entries are not yet covered by the
     // heartbeat, so the time between claim and dispatch must stay short.
-    let mut pipe = redis::pipe();
+    let mut by_stream: HashMap<String, Vec<(&str, &str)>> = HashMap::new();
     for id in ids {
         let (stream, raw) = stream_of_id(keys, id);
-        pipe.cmd("XPENDING")
-            .arg(stream)
-            .arg(keys::GROUP)
-            .arg(raw)
-            .arg(raw)
-            .arg(1);
+        by_stream.entry(stream).or_default().push((id, raw));
     }
-    let replies: Vec<Vec<(String, String, u64, u64)>> = pipe.query_async(conn).await?;
     let mut out = HashMap::new();
-    for (id, v) in ids.iter().zip(replies) {
-        if let Some((_, _, _, n)) = v.first() {
-            out.insert(id.to_string(), *n);
+    for (stream, ids) in by_stream {
+        let mut pipe = redis::pipe();
+        for (_, raw) in &ids {
+            pipe.cmd("XPENDING")
+                .arg(&stream)
+                .arg(keys::GROUP)
+                .arg(*raw)
+                .arg(*raw)
+                .arg(1);
+        }
+        let replies: Vec<Vec<(String, String, u64, u64)>> = pipe.query_async(conn).await?;
+        for ((id, _), v) in ids.iter().zip(replies) {
+            if let Some((_, _, _, n)) = v.first() {
+                out.insert(id.to_string(), *n);
+            }
         }
     }
     Ok(out)
@@ -836,23 +844,35 @@ pub async fn heads(
     keys: &Keys,
     chats: &[(String, i64)],
 ) -> RedisResult<Vec<Head>> {
-    let mut pipe = redis::pipe();
-    for (k, update_id) in chats {
-        let home = keys.shard(keys.shard_of(k));
-        let done = home.done(*update_id);
-        pipe.cmd("LINDEX").arg(home.order(k)).arg(0);
-        pipe.cmd("GETBIT").arg(&done.key).arg(done.bit);
+    // One round trip per shard (a cluster pipelines only within one
+    // slot); the answers go back in the order asked.
+    let mut by_shard: HashMap<u16, Vec<usize>> = HashMap::new();
+    for (i, (k, _)) in chats.iter().enumerate() {
+        by_shard.entry(keys.shard_of(k)).or_default().push(i);
     }
-    let replies: Vec<Value> = pipe.query_async(conn).await?;
-    let mut out = Vec::with_capacity(chats.len());
-    let mut it = replies.into_iter();
-    while let (Some(head), Some(bit)) = (it.next(), it.next()) {
-        let entry: Option<String> = redis::from_redis_value(head)?;
-        let bit: u8 = redis::from_redis_value(bit)?;
-        out.push(Head {
-            entry,
-            asked_done: bit == 1,
-        });
+    let mut out = vec![Head::default(); chats.len()];
+    for (shard, idx) in by_shard {
+        let home = keys.shard(shard);
+        let mut pipe = redis::pipe();
+        for &i in &idx {
+            let (k, update_id) = &chats[i];
+            let done = home.done(*update_id);
+            pipe.cmd("LINDEX").arg(home.order(k)).arg(0);
+            pipe.cmd("GETBIT").arg(&done.key).arg(done.bit);
+        }
+        let replies: Vec<Value> = pipe.query_async(conn).await?;
+        let mut it = replies.into_iter();
+        for &i in &idx {
+            let (Some(head), Some(bit)) = (it.next(), it.next()) else {
+                break;
+            };
+            let entry: Option<String> = redis::from_redis_value(head)?;
+            let bit: u8 = redis::from_redis_value(bit)?;
+            out[i] = Head {
+                entry,
+                asked_done: bit == 1,
+            };
+        }
     }
     Ok(out)
 }

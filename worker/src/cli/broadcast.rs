@@ -258,7 +258,7 @@ async fn execute(config: &Config, action: BroadcastAction) -> Result<(), Broadca
     };
     let url = config.redis_url_or_default();
     let target = Target {
-        store: RedisStore::for_config(&config)
+        store: RedisStore::for_config(config)
             .await
             .map_err(BroadcastCliError::RedisUrl)?,
         redis: shared::config::redact_url(url),
