@@ -8,6 +8,7 @@
 
 mod baselines;
 mod bodies;
+mod cluster;
 mod lean_fake;
 mod load;
 mod procfs;
@@ -119,9 +120,13 @@ struct Opts {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "fake,accept,e2e"
+        default_value = "fake,accept,e2e,cluster"
     )]
     phases: Vec<Phase>,
+    /// Only the Redis Cluster section (`--phases cluster`), without the
+    /// single redis-server; report to target/bench/cluster.md unless --out.
+    #[arg(long)]
+    cluster_only: bool,
     /// Where the markdown report goes [target/bench/results.md].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -140,6 +145,8 @@ enum Phase {
     Fake,
     Accept,
     E2e,
+    /// A local 3-master Redis Cluster, QUEUE_SHARDS=1 and 3 (bench/src/cluster.rs).
+    Cluster,
 }
 
 /// Options with the quick/full defaults applied.
@@ -165,6 +172,11 @@ impl Settings {
         let q = o.quick;
         let pick =
             |v: Option<f64>, full: f64, quick: f64| v.unwrap_or(if q { quick } else { full });
+        let phases = if o.cluster_only {
+            vec![Phase::Cluster]
+        } else {
+            o.phases
+        };
         let accept = match o.requests {
             Some(n) => Mode::Count(n),
             None => Mode::For(Duration::from_secs_f64(pick(o.duration, 10.0, 2.0))),
@@ -182,10 +194,16 @@ impl Settings {
             fake: o.fake,
             fake_secs: pick(o.fake_duration, 3.0, 1.0),
             e2e_timeout: Duration::from_secs_f64(pick(o.e2e_timeout, 120.0, 60.0)),
-            phases: o.phases,
-            out: o
-                .out
-                .unwrap_or_else(|| harness::target_dir().join("bench").join("results.md")),
+            out: o.out.unwrap_or_else(|| {
+                // A cluster-only run does not overwrite the full report.
+                let name = if phases == [Phase::Cluster] {
+                    "cluster.md"
+                } else {
+                    "results.md"
+                };
+                harness::target_dir().join("bench").join(name)
+            }),
+            phases,
         }
     }
 
@@ -214,7 +232,14 @@ async fn main() -> anyhow::Result<()> {
             println!("sizes: min {min} B, mean {mean} B, max {max} B");
             Ok(())
         }
-        None => run(Settings::from(cli.opts)).await,
+        None => {
+            let s = Settings::from(cli.opts);
+            if s.phases == [Phase::Cluster] {
+                cluster::run_alone(s).await
+            } else {
+                run(s).await
+            }
+        }
     }
 }
 
@@ -988,6 +1013,14 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         }
     }
 
+    let cluster = if s.phases.contains(&Phase::Cluster) {
+        let c = cluster::section(&env.fake, &env.bodies, &s).await;
+        failures.extend(c.failures);
+        Some(c.markdown)
+    } else {
+        None
+    };
+
     // ------------------------------------------------------------ report
     let mut r = String::new();
     let w = &mut r;
@@ -1374,6 +1407,10 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             );
         }
         let _ = writeln!(w);
+    }
+
+    if let Some(c) = &cluster {
+        let _ = write!(w, "{c}");
     }
 
     let violations = env.fake.violations();

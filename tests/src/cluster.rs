@@ -171,6 +171,15 @@ impl RedisCluster {
             .collect()
     }
 
+    /// `(client port, process id)` of every running node, in start order:
+    /// what a benchmark needs to read each node's CPU time from `/proc`.
+    pub fn pids(&self) -> Vec<(u16, u32)> {
+        self.nodes
+            .iter()
+            .filter_map(|n| Some((n.port, n.pid()?)))
+            .collect()
+    }
+
     /// A seed URL for cluster clients: the first node still running (a
     /// master right after start). Any node works; clients learn the rest.
     pub fn url(&self) -> String {

@@ -66,6 +66,11 @@ impl Node {
         self.child.is_some()
     }
 
+    /// The running process's id (for reading its CPU time from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL and reap: a crash, no shutdown work.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
