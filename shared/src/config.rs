@@ -528,6 +528,33 @@ mod tests {
     }
 
     #[test]
+    fn cluster_and_shard_settings_are_checked_by_name() {
+        let c = cfg(&[("DISABLE_TELEGRAM_BOT", "yes")]).unwrap();
+        assert_eq!(c.redis_layout.cluster, None, "asked of the server");
+        assert_eq!(c.redis_layout.shards, 1);
+        assert_eq!(c.redis_layout.wait_replicas, 0);
+        let c = cfg(&[
+            ("DISABLE_TELEGRAM_BOT", "yes"),
+            ("REDIS_CLUSTER", "true"),
+            ("QUEUE_SHARDS", "3"),
+            ("REDIS_WAIT_REPLICAS", "1"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_layout.cluster, Some(true));
+        assert_eq!(c.redis_layout.shards, 3);
+        assert_eq!(c.redis_layout.wait_replicas, 1);
+        for (var, bad) in [
+            ("QUEUE_SHARDS", "0"),
+            ("QUEUE_SHARDS", "many"),
+            ("REDIS_CLUSTER", "maybe"),
+            ("REDIS_WAIT_REPLICAS", "-1"),
+        ] {
+            let e = cfg(&[("DISABLE_TELEGRAM_BOT", "yes"), (var, bad)]).unwrap_err();
+            assert!(e.to_string().contains(var), "{var}={bad}: {e}");
+        }
+    }
+
+    #[test]
     fn disabled_bot_needs_no_token() {
         let c = cfg(&[("DISABLE_TELEGRAM_BOT", "yes")]).unwrap();
         assert!(c.disabled && c.token.is_none());

@@ -16,6 +16,8 @@ use futures::StreamExt;
 use serde_json::Value;
 use shared::keys::{slot_of, Keys};
 
+const OUTBOX_KEY: &str = "cluster-outbox-key-5b1e";
+
 /// The stack's services on the cluster, with `QUEUE_SHARDS` shards and
 /// the extra environment given; the stack's own redis-server is unused.
 async fn stack_on(
@@ -128,6 +130,7 @@ async fn three_shards_on_three_masters_survive_a_killed_worker() {
         &[
             ("WORKER_CLAIM_IDLE_MS", "1000"),
             ("WORKER_CONCURRENCY", "8"),
+            ("OUTBOX_API_KEY", OUTBOX_KEY),
         ],
     )
     .await
@@ -224,6 +227,25 @@ async fn three_shards_on_three_masters_survive_a_killed_worker() {
     assert!(handled.iter().all(|n| *n > 300), "{handled:?}");
     assert_eq!(handled.iter().sum::<i64>(), 3000, "{handled:?}");
 
+    // The app's own message (the outbox, in the bot's slot) goes out too.
+    let chat = supergroup_id(610_007);
+    let resp = e2e::harness::http()
+        .post(format!("{}/api/outbox", s.base_url()))
+        .bearer_auth(OUTBOX_KEY)
+        .json(&serde_json::json!({"method": "sendMessage", "params": {"chat_id": chat, "text": "from the outbox"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 202, "{:?}", resp.text().await);
+    let out = eventually(Duration::from_secs(30), || async {
+        s.api
+            .sent_messages()
+            .iter()
+            .any(|p| p["chat_id"] == chat && p["text"] == "from the outbox")
+    })
+    .await;
+    assert!(out, "the outbox message was not sent\n{}", s.logs_tail());
+
     // The operator's view: each shard and the total.
     let (st, out, err) = s.worker_command(&["queue", "stats", "--json"]).await;
     assert!(st.success(), "queue stats on a cluster: {out}\n{err}");
@@ -234,6 +256,16 @@ async fn three_shards_on_three_masters_survive_a_killed_worker() {
         lanes.iter().filter(|l| l["lane"] == "ordinary").count(),
         3,
         "{v}"
+    );
+
+    // A redeploy: the survivor leaves every shard's group on SIGTERM.
+    s.workers[1].terminate();
+    let st = s.workers[1].wait_exit(Duration::from_secs(30)).await;
+    assert!(st.success(), "worker exit: {st}\n{}", s.logs_tail());
+    assert!(
+        s.workers[1].logs().contains("left the consumer group"),
+        "{}",
+        s.workers[1].logs_tail()
     );
     s.assert_clean();
 }
@@ -383,4 +415,47 @@ async fn a_slot_migrating_during_traffic_causes_no_503() {
         s.logs_tail()
     );
     s.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_taken_for_one_server_is_named_in_the_log() {
+    let Some(cluster) = RedisCluster::start().await else {
+        return;
+    };
+    // A prefix whose stream lives on another node than the one REDIS_URL
+    // names: one-server mode then gets a redirect for it.
+    let url_port = cluster.masters().await[0].port;
+    let mut prefix = String::new();
+    for i in 0.. {
+        let p = format!("b{i}:");
+        if cluster
+            .master_of_slot(slot_of(&format!("{p}updates")))
+            .await
+            != url_port
+        {
+            prefix = p;
+            break;
+        }
+    }
+    let url = format!("redis://127.0.0.1:{url_port}");
+    let api = e2e::FakeBotApi::start().await;
+    let api_url = api.url();
+    let env: Vec<(String, String)> = [
+        ("TELEGRAM_BOT_TOKEN", e2e::TOKEN),
+        ("TELEGRAM_API_URL", api_url.as_str()),
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_CLUSTER", "false"),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut w = e2e::harness::Service::spawn_owned("worker", &[], &env);
+    assert!(
+        w.wait_for_log("set REDIS_CLUSTER=true", Duration::from_secs(30))
+            .await,
+        "the log does not say what is wrong:\n{}",
+        w.logs_tail()
+    );
+    w.kill().await;
 }

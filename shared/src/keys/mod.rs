@@ -454,6 +454,53 @@ mod tests {
     }
 
     #[test]
+    fn one_server_one_shard_keeps_the_plain_names() {
+        let k = Keys::default().laid_out(false, 1);
+        assert_eq!(k, Keys::default());
+        assert!(!k.tagged());
+        assert_eq!(k.shard(0).stream(), "tgbot:updates");
+        assert_eq!(k.shard_of("c42"), 0);
+    }
+
+    #[test]
+    fn a_cluster_tags_every_name_so_each_home_is_one_slot() {
+        let k = Keys::default().laid_out(true, 1);
+        assert!(k.tagged());
+        assert_eq!(k.stream(), "{tgbot:0}updates");
+        // Every key of the bot's home hashes to one slot, whatever it is.
+        let slot = slot_of(&k.stream());
+        for name in [
+            k.fast_stream(),
+            k.order("c-5"),
+            k.done(7).key,
+            k.seen(7).key,
+            k.user(3),
+            k.kv("x"),
+            k.rate_chat(1),
+            k.pause_bot(),
+            k.broadcast_todo("b1"),
+        ] {
+            assert_eq!(slot_of(&name), slot, "{name}");
+        }
+    }
+
+    #[test]
+    fn shards_are_homes_of_their_own_and_a_chat_keeps_its_shard() {
+        let k = Keys::new("b:").unwrap().laid_out(false, 3);
+        assert!(k.tagged(), "several shards tag even on one server");
+        let slots: std::collections::BTreeSet<u16> =
+            (0..3).map(|s| slot_of(&k.shard(s).stream())).collect();
+        assert_eq!(slots.len(), 3);
+        assert_eq!(k.bot().stream(), k.shard(0).stream());
+        assert_eq!(k.shard_of("c-100"), k.shard_of("c-100"));
+        assert_eq!(k.shard_of(""), 0);
+        let used: std::collections::BTreeSet<u16> =
+            (0..300).map(|c| k.shard_of(&format!("c{c}"))).collect();
+        assert_eq!(used.len(), 3, "chats spread over every shard");
+        assert_eq!(k.shard_of_chat(77), k.shard_of("c77"));
+    }
+
+    #[test]
     fn neighbouring_ids_share_a_bucket_and_never_a_bit() {
         let k = Keys::default();
         let a = k.seen(1_000_000);
