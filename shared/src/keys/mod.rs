@@ -168,6 +168,13 @@ impl Keys {
         format!("{}{rest}", self.home)
     }
 
+    /// The send budget and Telegram's pauses live in the last shard's
+    /// home: every reply asks them, and shard 0's master already carries
+    /// the other bot-wide keys (one shard: the same home, today's names).
+    fn budget_name(&self, rest: &str) -> String {
+        format!("{}{rest}", self.homes[self.homes.len() - 1])
+    }
+
     fn mark(&self, kind: &str, update_id: i64) -> Mark {
         Mark {
             key: self.name(&format!(
@@ -338,22 +345,22 @@ impl Keys {
 
     /// Shared send budget (GCRA state) for the whole bot and per chat.
     pub fn rate_global(&self) -> String {
-        self.name("rate:global")
+        self.budget_name("rate:global")
     }
 
     pub fn rate_chat(&self, chat_id: i64) -> String {
-        self.name(&format!("rate:chat:{chat_id}"))
+        self.budget_name(&format!("rate:chat:{chat_id}"))
     }
 
     /// Pauses Telegram asked for (429 `retry_after`): the whole bot, or one
     /// chat. Plain keys with a time to live: the pause is over when the key
     /// is gone.
     pub fn pause_bot(&self) -> String {
-        self.name("pause:bot")
+        self.budget_name("pause:bot")
     }
 
     pub fn pause_chat(&self, chat_id: i64) -> String {
-        self.name(&format!("pause:chat:{chat_id}"))
+        self.budget_name(&format!("pause:chat:{chat_id}"))
     }
 
     /// Users who blocked the bot (sorted set: chat id -> ms of the 403):
@@ -398,13 +405,13 @@ impl Keys {
 
     /// The paid-broadcast budget (GCRA), apart from the bot's.
     pub fn rate_paid(&self) -> String {
-        self.name("rate:paid")
+        self.budget_name("rate:paid")
     }
 
     /// Recent 429s (sorted set: chat id -> ms): several chats refused at
     /// once mean the bot's limit, not a chat's.
     pub fn recent_429s(&self) -> String {
-        self.name("rate:429s")
+        self.budget_name("rate:429s")
     }
 }
 
