@@ -73,22 +73,23 @@ pub async fn run_all_in_one<S: Send + Sync + 'static>(config: Config, bot: Bot<S
         let cancel = CancellationToken::new();
         shared::signals::cancel_on_signal(cancel.clone());
         let store: Arc<dyn Store> = match &config.redis_url {
-            Some(url) => {
-                match RedisStore::connect(url, config.redis_keys.clone(), config.redis_layout).await
-                {
-                    Ok(s) => {
-                        tracing::info!(redis = %shared::config::redact_url(url), "queue: Redis");
-                        s.spawn_durability_report();
-                        Arc::new(s)
-                    }
-                    Err(e) => {
-                        shared::telemetry::print_line(&format!(
-                            "configuration error: REDIS_URL is not usable: {e}"
-                        ));
+            Some(url) => match RedisStore::for_config(&config).await {
+                Ok(s) => {
+                    if let Err(e) = s.check_layout().await {
+                        shared::telemetry::print_line(&format!("configuration error: {e}"));
                         return ExitCode::from(2);
                     }
+                    tracing::info!(redis = %shared::config::redact_url(url), "queue: Redis");
+                    s.spawn_durability_report();
+                    Arc::new(s)
                 }
-            }
+                Err(e) => {
+                    shared::telemetry::print_line(&format!(
+                        "configuration error: REDIS_URL is not usable: {e}"
+                    ));
+                    return ExitCode::from(2);
+                }
+            },
             None => {
                 tracing::info!(
                     "queue: embedded in-process (REDIS_URL not set); updates accepted but not yet handled are lost if the process dies"

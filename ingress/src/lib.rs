@@ -46,6 +46,8 @@ pub enum IngressError {
     },
     #[error("configuration error: REDIS_URL is not usable: {0}")]
     Redis(redis::RedisError),
+    #[error("configuration error: {0}")]
+    Layout(#[from] shared::queue::LayoutChanged),
     #[error(transparent)]
     Setup(#[from] registration::SetupError),
 }
@@ -58,14 +60,7 @@ pub async fn serve(config: Config, cancel: CancellationToken) -> Result<(), Ingr
     let store = RedisStore::for_config(&config)
         .await
         .map_err(IngressError::Redis)?;
-    if store.keys().tagged() {
-        info!(
-            cluster = store.is_cluster(),
-            shards = store.keys().shards(),
-            "Redis keys laid out with hash tags (first: {})",
-            store.keys().stream()
-        );
-    }
+    store.check_layout().await?;
     info!(redis = %redact_url(&redis_url), "using Redis");
     store.spawn_durability_report();
     let store: Arc<dyn Store> = Arc::new(store);

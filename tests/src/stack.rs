@@ -335,6 +335,12 @@ impl Stack {
         self.workers.len() - 1
     }
 
+    /// Changes the ingress's environment for its next (re)start.
+    pub fn set_ingress_env(&mut self, k: &str, v: &str) {
+        self.extra_ingress_env.retain(|(ek, _)| ek != k);
+        self.extra_ingress_env.push((k.into(), v.into()));
+    }
+
     pub fn ingress(&self) -> &Service {
         self.ingress.as_ref().expect("this stack has no ingress")
     }

@@ -459,3 +459,71 @@ async fn a_cluster_taken_for_one_server_is_named_in_the_log() {
     );
     w.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_shard_count_waits_until_the_old_layout_is_drained() {
+    use e2e::updates::private_command;
+    // One server is enough: the layout, not the cluster, is the point.
+    let Some(mut s) = Stack::builder().workers(0).start().await else {
+        return;
+    };
+    let users: Vec<i64> = (0..5).map(|i| 690_000 + i).collect();
+    for u in &users {
+        s.post_ok(&private_command(
+            next_update_id(),
+            *u,
+            "Old",
+            Some("en"),
+            "/help",
+        ))
+        .await;
+    }
+    // A worker with another QUEUE_SHARDS would never see those five.
+    let env = e2e::stack::merge_env(s.worker_env(), &[("QUEUE_SHARDS", "3")]);
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (st, out, err) =
+        e2e::harness::run_to_exit("worker", &[], &env_ref, Duration::from_secs(30)).await;
+    let said = format!("{out}{err}");
+    assert!(!st.success(), "refused: {st}\n{said}");
+    assert!(
+        said.contains("QUEUE_SHARDS is 3")
+            && said.contains("still holds 5")
+            && said.contains("drain"),
+        "{said}"
+    );
+    // Drained by a worker of the old layout, then switched.
+    s.spawn_worker(&[]);
+    for u in &users {
+        s.wait_reply(*u, Duration::from_secs(30), |_| true).await;
+    }
+    s.wait_drained(Duration::from_secs(30)).await;
+    s.workers[0].terminate();
+    s.workers[0].wait_exit(Duration::from_secs(30)).await;
+    s.ingress.as_mut().unwrap().terminate();
+    s.ingress
+        .as_mut()
+        .unwrap()
+        .wait_exit(Duration::from_secs(30))
+        .await;
+    let i = s.spawn_worker(&[("QUEUE_SHARDS", "3")]);
+    assert!(
+        s.workers[i]
+            .wait_for_log("worker consuming", Duration::from_secs(30))
+            .await,
+        "{}",
+        s.logs_tail()
+    );
+    s.set_ingress_env("QUEUE_SHARDS", "3");
+    s.restart_ingress().await;
+    let late = 690_100;
+    s.post_ok(&private_command(
+        next_update_id(),
+        late,
+        "New",
+        Some("en"),
+        "/help",
+    ))
+    .await;
+    s.wait_reply(late, Duration::from_secs(30), |_| true).await;
+    s.assert_clean();
+}

@@ -70,6 +70,8 @@ pub enum WorkerError {
     Redis(redis::RedisError),
     #[error("Telegram rejected the bot token (401 Unauthorized): check TELEGRAM_BOT_TOKEN")]
     Unauthorized,
+    #[error("configuration error: {0}")]
+    Layout(#[from] shared::queue::LayoutChanged),
     #[error("cannot listen on METRICS_PORT {port}: {source}")]
     MetricsBind { port: u16, source: std::io::Error },
 }
@@ -89,14 +91,7 @@ pub async fn run<S: Send + Sync + 'static>(
     let store = RedisStore::for_config(&config)
         .await
         .map_err(WorkerError::Redis)?;
-    if store.keys().tagged() {
-        info!(
-            cluster = store.is_cluster(),
-            shards = store.keys().shards(),
-            "Redis keys laid out with hash tags (first: {})",
-            store.keys().stream()
-        );
-    }
+    store.check_layout().await?;
     info!(redis = %redact_url(&redis_url), "using Redis");
     run_with(config, Arc::new(store), bot, cancel).await
 }

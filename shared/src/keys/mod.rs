@@ -205,6 +205,13 @@ impl Keys {
         self.name("urgent-kinds")
     }
 
+    /// Which layout the queue in Redis has (`shards=N`): one plain key,
+    /// named the same whatever the layout, so a process with another
+    /// `QUEUE_SHARDS` finds it.
+    pub fn queue_layout(&self) -> String {
+        format!("{}queue-layout", self.prefix)
+    }
+
     /// Dead letters: entries that failed `WORKER_MAX_DELIVERIES` times.
     pub fn dead(&self) -> String {
         self.name("dead")

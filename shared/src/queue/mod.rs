@@ -14,6 +14,7 @@
 //! dead-letter), not in Redis commands, so the two stay interchangeable.
 
 mod lane;
+mod layout_guard;
 mod memory;
 pub mod redis_ops;
 mod redis_outbound;
@@ -27,6 +28,7 @@ use futures::future::BoxFuture;
 pub use lane::{
     entry_id, id_tag, locate, BadDeadlines, Deadlines, Lane, Urgent, DEFAULT_DEADLINES,
 };
+pub use layout_guard::LayoutChanged;
 pub use memory::{MemoryDeadLetter, MemoryStore};
 pub use redis_store::{RedisLayout, RedisStore};
 

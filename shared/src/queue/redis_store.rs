@@ -79,12 +79,21 @@ impl RedisStore {
 
     /// The store `config` names (`REDIS_URL` and the layout variables).
     pub async fn for_config(config: &crate::config::Config) -> redis::RedisResult<Self> {
-        Self::connect(
+        let store = Self::connect(
             config.redis_url_or_default(),
             config.redis_keys.clone(),
             config.redis_layout,
         )
-        .await
+        .await?;
+        if store.keys.tagged() {
+            tracing::info!(
+                cluster = store.is_cluster(),
+                shards = store.keys.shards(),
+                "Redis keys laid out with hash tags (first: {})",
+                store.keys.stream()
+            );
+        }
+        Ok(store)
     }
 
     pub fn open_target(
