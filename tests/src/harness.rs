@@ -81,8 +81,18 @@ pub fn test_name() -> String {
         .replace("__", "_")
 }
 
-/// A TCP port that was free a moment ago.
+/// A TCP port that was free a moment ago, picked below the kernel's
+/// ephemeral range (32768-60999 on Linux): a port the kernel handed out
+/// (`bind :0`) is where it also puts the next outgoing connection of any
+/// process, so between the pick and the service's own bind a Redis or HTTP
+/// client could take it - one start in a few hundred failed that way.
 pub fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let p = rand::random_range(20_000..32_000u16);
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
