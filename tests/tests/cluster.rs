@@ -246,6 +246,43 @@ async fn three_shards_on_three_masters_survive_a_killed_worker() {
     .await;
     assert!(out, "the outbox message was not sent\n{}", s.logs_tail());
 
+    // A dead letter in a shard of its own: listed, replayed, answered.
+    let dead_chat = (0..)
+        .map(|c| supergroup_id(615_000 + c))
+        .find(|c| keys.shard_of(&format!("c{c}")) == 2)
+        .unwrap();
+    let poison = group_command(next_update_id(), dead_chat, 615_001, "Gone", None, "/help");
+    s.api.faults(|f| {
+        f.server_error_replies
+            .insert((dead_chat, message_id(&poison)));
+    });
+    assert_eq!(post_retrying(&s, std::slice::from_ref(&poison), 1).await, 0);
+    let listed = eventually(Duration::from_secs(90), || async {
+        s.queue_dead().await.len() == 1
+    })
+    .await;
+    let dead = s.queue_dead().await;
+    assert!(listed, "{dead:?}\n{}", s.logs_tail());
+    assert_eq!(dead[0]["update_id"], poison["update_id"], "{dead:?}");
+    s.api.faults(|f| {
+        f.server_error_replies.clear();
+    });
+    let (st, out, err) = s.worker_command(&["queue", "replay-dead"]).await;
+    assert!(st.success(), "replay-dead: {out}\n{err}");
+    let replayed = eventually(Duration::from_secs(60), || async {
+        s.api
+            .sent_messages()
+            .iter()
+            .any(|p| p["chat_id"] == dead_chat)
+    })
+    .await;
+    assert!(
+        replayed,
+        "the replayed dead letter was not answered\n{}",
+        s.logs_tail()
+    );
+    assert!(s.queue_dead().await.is_empty());
+
     // The operator's view: each shard and the total.
     let (st, out, err) = s.worker_command(&["queue", "stats", "--json"]).await;
     assert!(st.success(), "queue stats on a cluster: {out}\n{err}");
