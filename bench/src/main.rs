@@ -495,29 +495,7 @@ impl Env {
     /// Starts the ingress and waits until it is ready and has finished the
     /// webhook registration (so idle memory is measured after start-up).
     async fn start_ingress(&self) -> anyhow::Result<(Service, u16)> {
-        let mut last = String::new();
-        for _ in 0..3 {
-            let port = free_port();
-            let mut svc = Service::spawn_owned("ingress", &[], &self.ingress_env(port));
-            if let Err(e) = try_wait_ready(&mut svc, port).await {
-                last = e;
-                continue;
-            }
-            if !svc
-                .wait_for_log(
-                    "Telegram bot configured via webhook",
-                    Duration::from_secs(30),
-                )
-                .await
-            {
-                bail!(
-                    "the ingress did not finish its webhook setup\n{}",
-                    svc.logs_tail()
-                );
-            }
-            return Ok((svc, port));
-        }
-        bail!("the ingress did not start: {last}")
+        start_ingress_with(|port| self.ingress_env(port)).await
     }
 
     async fn start_baseline(&self, args: &[&str]) -> anyhow::Result<(Service, u16)> {
@@ -1449,4 +1427,36 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         bail!("{} run(s) failed (see the report)", failures.len());
     }
     Ok(())
+}
+
+/// Starts an ingress with the environment `env` gives for a port, waits
+/// until it is ready and has finished the webhook registration (so idle
+/// memory is measured after start-up); another port if the first was
+/// taken meanwhile.
+pub(crate) async fn start_ingress_with(
+    env: impl Fn(u16) -> Vec<(String, String)>,
+) -> anyhow::Result<(Service, u16)> {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut svc = Service::spawn_owned("ingress", &[], &env(port));
+        if let Err(e) = try_wait_ready(&mut svc, port).await {
+            last = e;
+            continue;
+        }
+        if !svc
+            .wait_for_log(
+                "Telegram bot configured via webhook",
+                Duration::from_secs(30),
+            )
+            .await
+        {
+            bail!(
+                "the ingress did not finish its webhook setup\n{}",
+                svc.logs_tail()
+            );
+        }
+        return Ok((svc, port));
+    }
+    bail!("the ingress did not start: {last}")
 }

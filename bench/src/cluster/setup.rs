@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use e2e::cluster::RedisCluster;
-use e2e::harness::{self, free_port, Service};
-use e2e::stack::try_wait_ready;
+use e2e::harness::{self, Service};
 use shared::keys::slot_of;
 
 use super::WORKERS;
@@ -130,9 +129,7 @@ impl Setup {
         fake: &Fake,
         shards: u16,
     ) -> anyhow::Result<(Service, u16)> {
-        let mut last = String::new();
-        for _ in 0..3 {
-            let port = free_port();
+        crate::start_ingress_with(|port| {
             let mut env = self.base_env(fake, shards);
             env.extend([
                 ("TELEGRAM_WEBHOOK_URL", crate::WEBHOOK_URL.to_owned()),
@@ -140,26 +137,10 @@ impl Setup {
                 ("PORT", port.to_string()),
                 ("HOST", "127.0.0.1".to_owned()),
             ]);
-            let mut svc = Service::spawn_owned("ingress", &[], &owned(&env));
-            if let Err(e) = try_wait_ready(&mut svc, port).await {
-                last = e;
-                continue;
-            }
-            if !svc
-                .wait_for_log(
-                    "Telegram bot configured via webhook",
-                    Duration::from_secs(30),
-                )
-                .await
-            {
-                bail!(
-                    "the ingress did not finish its webhook setup\n{}",
-                    svc.logs_tail()
-                );
-            }
-            return Ok((svc, port));
-        }
-        bail!("the ingress did not start on the cluster: {last}")
+            owned(&env)
+        })
+        .await
+        .context("the ingress on the cluster")
     }
 
     pub(super) async fn start_workers(
