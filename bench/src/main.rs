@@ -1173,8 +1173,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             "## 3. End to end: {} updates posted at max rate (C = {}), time until the fake Bot API has the replies\n",
             s.updates, s.connections
         );
-        let _ = writeln!(w, "| run | posting: accepted/s | non-2xx+errors | time to all replies s | updates/s | replies | CPU µs per update: front / workers / redis / bench |");
-        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(w, "| run | posting: accepted/s | non-2xx+errors | time to all replies s | updates/s | replies | CPU µs per update: front / workers / redis / bench | system CPU µs per update (front + workers + redis) |");
+        let _ = writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|");
         for e in &e2es {
             let t = e.time_to_all.map_or_else(
                 || format!("timeout ({:.0}s)", s.e2e_timeout.as_secs_f64()),
@@ -1183,7 +1183,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             let per = |cpu: f64| cpu * 1e6 / (e.target.max(1) as f64);
             let _ = writeln!(
                 w,
-                "| {} | {:.0} | {} | {} | {} | {}/{} | {:.0} / {:.0} / {:.0} / {:.0} |",
+                "| {} | {:.0} | {} | {} | {} | {}/{} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} |",
                 e.kind.label(),
                 e.post.ok_per_sec(),
                 e.post.non_2xx + e.post.errors,
@@ -1195,6 +1195,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                 per(e.cpu_workers),
                 per(e.cpu_redis),
                 per(e.cpu_bench),
+                per(e.cpu_front + e.cpu_workers + e.cpu_redis),
             );
         }
         let rate_of = |workers: usize, ordering: &str| {

@@ -13,6 +13,7 @@
 //! The trait speaks in the queue's terms (enqueue, read, claim, finish,
 //! dead-letter), not in Redis commands, so the two stay interchangeable.
 
+mod group_commit;
 mod lane;
 mod layout_guard;
 mod memory;
@@ -38,7 +39,7 @@ use crate::outbound::{
 };
 use crate::stats::{BotStats, UserRecord};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("redis: {0}{hint}", hint = crate::redis_conn::cluster_hint(.0).map(|h| format!(" ({h})")).unwrap_or_default())]
     Redis(#[from] redis::RedisError),
@@ -52,6 +53,10 @@ pub enum StoreError {
     /// The embedded queue does not do this (broadcasts need Redis).
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A batch of calls (`group_commit`) went wrong as a whole: its runner
+    /// stopped, or its answer did not match what it was given.
+    #[error("batch: {0}")]
+    Batch(&'static str),
 }
 
 impl StoreError {

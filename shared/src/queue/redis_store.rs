@@ -5,14 +5,17 @@ use std::time::Duration;
 use crate::redis_conn::Conn;
 use futures::FutureExt;
 
+use super::group_commit::{run_with, GroupCommit};
 use super::redis_ops;
+use super::redis_ops::end_many::{self, EndItem};
+use super::redis_ops::AdmitItem;
 use super::scripts::scripts;
 use super::{
     Admit, Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination,
     DeadLetterRequest, Delivery, Depth, Directory, Head, Intake, Lane, OrphanReply, Read, Scope,
     SendBudget, Store, StoreError, StoreFuture, StoreResult,
 };
-use crate::envelope::{self, Enqueued, Entry, Probe};
+use crate::envelope::{self, EnqueueItem, Enqueued, Entry, Probe};
 use crate::keys::Keys;
 use crate::redis_conn::{self, COMMAND_TIMEOUT};
 use crate::stats::{self, BotStats, UserRecord};
@@ -29,7 +32,21 @@ pub struct RedisStore {
     /// `REDIS_WAIT_REPLICAS`: replicas that must have an update before
     /// it is acknowledged.
     wait_replicas: u32,
+    /// Finishes and sent replies of the bot's home, ended together.
+    ends: GroupCommit<EndItem, (bool, Option<String>)>,
+    /// Updates stored together, one batcher per shard's home.
+    intake: Vec<GroupCommit<EnqueueItem, Enqueued>>,
+    /// Send-budget checks, booked together.
+    admits: GroupCommit<AdmitItem, (i64, i64)>,
 }
+
+/// The most updates one `enqueue_many.lua` call stores: an ingress's
+/// whole burst of concurrent requests, while one call stays short.
+const INTAKE_BATCH: usize = 128;
+
+/// The most entries one `end_many.lua` call ends: enough to carry a
+/// worker's whole concurrency, small enough to keep one call short.
+const END_BATCH: usize = 128;
 
 /// How to reach and lay out the queue in Redis (`REDIS_CLUSTER`,
 /// `QUEUE_SHARDS`, `REDIS_WAIT_REPLICAS`).
@@ -102,6 +119,7 @@ impl RedisStore {
         layout: RedisLayout,
     ) -> redis::RedisResult<Self> {
         let keys = keys.laid_out(target.is_cluster(), layout.shards);
+        let shards = keys.shards();
         Ok(Self {
             conn: target.manager()?,
             blocking: (0..keys.shards())
@@ -110,6 +128,11 @@ impl RedisStore {
             blocking_fast: target.blocking(MAX_BLOCK)?,
             keys,
             wait_replicas: layout.wait_replicas,
+            intake: (0..shards)
+                .map(|_| GroupCommit::new(INTAKE_BATCH))
+                .collect(),
+            ends: GroupCommit::new(END_BATCH),
+            admits: GroupCommit::new(END_BATCH),
         })
     }
 
@@ -143,6 +166,19 @@ impl RedisStore {
         });
     }
 
+    /// Ends an entry in the next batch (`redis_ops::end_many`).
+    async fn end_in_batch(&self, item: EndItem) -> StoreResult<(bool, Option<String>)> {
+        self.ends
+            .call(item, || {
+                let (conn, keys) = (self.conn.clone(), self.keys.clone());
+                run_with(move |items| {
+                    let (mut c, keys) = (conn.clone(), keys.clone());
+                    async move { bounded(end_many::end_many(&mut c, &keys, items)).await }
+                })
+            })
+            .await
+    }
+
     pub fn is_cluster(&self) -> bool {
         self.conn.is_cluster()
     }
@@ -151,26 +187,32 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    /// Runs the enqueue script, once more if the connection broke (Redis
-    /// restarted, a failover, an idle connection cut by a proxy): the
-    /// manager is reconnecting, so one more try usually lands. Safe to
-    /// repeat: if the first script ran, the seen mark makes this one a
-    /// no-op that answers Duplicate. Otherwise Telegram would get a 503
-    /// and hold the chat back for its own retry delay.
-    async fn store_once_more(
-        &self,
-        c: &mut Conn,
-        probe: &Probe,
-        lane: Lane,
-        raw: &[u8],
-    ) -> StoreResult<Enqueued> {
-        match bounded(envelope::enqueue(c, &self.keys, probe, lane, raw)).await {
-            Err(StoreError::Redis(e)) if connection_broke(&e) => {
-                tracing::debug!(error = %e, "connection broke while storing; one more try");
-                bounded(envelope::enqueue(c, &self.keys, probe, lane, raw)).await
-            }
-            other => other,
-        }
+    /// Stores an update in the next batch of its shard. The batch runs
+    /// once more if the connection broke (Redis restarted, a failover, an
+    /// idle connection cut by a proxy): the manager is reconnecting, so
+    /// one more try usually lands. Safe to repeat: if the first script
+    /// ran, the seen marks make this one a no-op that answers Duplicate.
+    /// Otherwise Telegram would get a 503 and hold the chat back for its
+    /// own retry delay.
+    async fn store_in_batch(&self, item: EnqueueItem) -> StoreResult<Enqueued> {
+        let batcher = &self.intake[usize::from(item.shard) % self.intake.len()];
+        batcher
+            .call(item, || {
+                let conn = self.conn.clone();
+                run_with(move |items: Vec<EnqueueItem>| {
+                    let mut c = conn.clone();
+                    async move {
+                        match bounded(envelope::enqueue_many(&mut c, &items)).await {
+                            Err(StoreError::Redis(e)) if connection_broke(&e) => {
+                                tracing::debug!(error = %e, "connection broke while storing; one more try");
+                                bounded(envelope::enqueue_many(&mut c, &items)).await
+                            }
+                            other => other,
+                        }
+                    }
+                })
+            })
+            .await
     }
 
     /// `REDIS_WAIT_REPLICAS`: holds the acknowledgement until enough
@@ -224,7 +266,8 @@ impl Intake for RedisStore {
     ) -> StoreFuture<'a, Enqueued> {
         async move {
             let mut c = self.conn.clone();
-            let stored = self.store_once_more(&mut c, probe, lane, raw).await?;
+            let item = EnqueueItem::new(&self.keys, probe, lane, raw);
+            let stored = self.store_in_batch(item).await?;
             // A duplicate waits too: its first copy may be the one whose
             // wait ran out.
             let shard = match lane {
@@ -483,6 +526,10 @@ impl Delivery for RedisStore {
         entry: &'a Entry,
         done: Completion<'a>,
     ) -> StoreFuture<'a, (bool, Option<String>)> {
+        if end_many::batches(&entry.id) {
+            let item = end_many::finished(&self.keys, entry, &done);
+            return self.end_in_batch(item).boxed();
+        }
         async move {
             let mut c = self.conn.clone();
             bounded(redis_ops::finish(&mut c, &self.keys, entry, done)).await
@@ -495,6 +542,10 @@ impl Delivery for RedisStore {
         entry_id: &'a str,
         key: &'a str,
     ) -> StoreFuture<'a, Option<String>> {
+        if end_many::batches(entry_id) {
+            let item = end_many::sent(&self.keys, entry_id, key);
+            return async move { Ok(self.end_in_batch(item).await?.1) }.boxed();
+        }
         async move {
             let mut c = self.conn.clone();
             bounded(redis_ops::reply_sent(&mut c, &self.keys, entry_id, key)).await
@@ -625,23 +676,35 @@ impl Directory for RedisStore {
 
 impl SendBudget for RedisStore {
     fn admit(&self, b: Budget) -> StoreFuture<'_, Admit> {
-        let mut inv = scripts().send_budget.prepare_invoke();
         let pool = if b.paid {
             self.keys.rate_paid()
         } else {
             self.keys.rate_global()
         };
-        inv.key(pool)
-            .key(self.keys.rate_chat(b.chat_id))
-            .key(self.keys.pause_bot())
-            .key(self.keys.pause_chat(b.chat_id))
-            .arg(b.interval_us)
-            .arg(b.tolerance_us)
-            .arg(b.chat_interval_us)
-            .arg(b.chat_tolerance_us);
+        let item = AdmitItem {
+            keys: [
+                pool,
+                self.keys.rate_chat(b.chat_id),
+                self.keys.pause_chat(b.chat_id),
+            ],
+            args: [
+                b.interval_us,
+                b.tolerance_us,
+                b.chat_interval_us,
+                b.chat_tolerance_us,
+            ],
+        };
         async move {
-            let mut c = self.conn.clone();
-            let (why, wait): (i64, i64) = bounded(inv.invoke_async(&mut c)).await?;
+            let (why, wait) = self
+                .admits
+                .call(item, || {
+                    let (conn, keys) = (self.conn.clone(), self.keys.clone());
+                    run_with(move |items| {
+                        let (mut c, keys) = (conn.clone(), keys.clone());
+                        async move { bounded(redis_ops::admit_many(&mut c, &keys, items)).await }
+                    })
+                })
+                .await?;
             let wait = wait.max(0) as u64;
             Ok(match why {
                 0 => Admit::Go,

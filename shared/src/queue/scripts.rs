@@ -10,10 +10,12 @@ use std::sync::LazyLock;
 use redis::Script;
 
 pub struct Scripts {
-    /// The ingress's store step (`lua/enqueue.lua`).
-    pub enqueue: Script,
+    /// The ingress's store step, many updates per call
+    /// (`lua/enqueue_many.lua`).
+    pub enqueue_many: Script,
     /// An update's completion (`lua/finish.lua`).
     pub finish: Script,
+    pub end_many: Script,
     /// Its bot-wide half when its shard is elsewhere (`lua/apply.lua`).
     pub apply: Script,
     pub dead_letter: Script,
@@ -23,8 +25,9 @@ pub struct Scripts {
     pub heal_head: Script,
     pub lease: Script,
     pub release: Script,
-    /// The shared send budget, GCRA (`lua/send_budget.lua`).
-    pub send_budget: Script,
+    /// The shared send budget, GCRA, many sends per call
+    /// (`lua/admit_many.lua`).
+    pub admit_many: Script,
     /// A 429's pause, for a chat or the bot (`lua/rate_limited.lua`).
     pub rate_limited: Script,
     /// A reply put aside until due (`lua/delay_reply.lua`).
@@ -41,8 +44,9 @@ pub struct Scripts {
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    enqueue: Script::new(include_str!("lua/enqueue.lua")),
+    enqueue_many: Script::new(include_str!("lua/enqueue_many.lua")),
     finish: Script::new(include_str!("lua/finish.lua")),
+    end_many: Script::new(include_str!("lua/end_many.lua")),
     apply: Script::new(include_str!("lua/apply.lua")),
     dead_letter: Script::new(include_str!("lua/dead_letter.lua")),
     reply_sent: Script::new(include_str!("lua/reply_sent.lua")),
@@ -51,7 +55,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     heal_head: Script::new(include_str!("lua/heal_head.lua")),
     lease: Script::new(include_str!("lua/lease.lua")),
     release: Script::new(include_str!("lua/release.lua")),
-    send_budget: Script::new(include_str!("lua/send_budget.lua")),
+    admit_many: Script::new(include_str!("lua/admit_many.lua")),
     rate_limited: Script::new(include_str!("lua/rate_limited.lua")),
     delay_reply: Script::new(include_str!("lua/delay_reply.lua")),
     outbox_put: Script::new(include_str!("lua/outbox_put.lua")),
@@ -78,8 +82,9 @@ mod tests {
     fn every_script_is_loaded_once_and_distinct() {
         let s = scripts();
         let all = [
-            &s.enqueue,
+            &s.enqueue_many,
             &s.finish,
+            &s.end_many,
             &s.dead_letter,
             &s.reply_sent,
             &s.orphan_replies,
@@ -88,7 +93,7 @@ mod tests {
             &s.heal_head,
             &s.lease,
             &s.release,
-            &s.send_budget,
+            &s.admit_many,
             &s.rate_limited,
             &s.delay_reply,
             &s.outbox_put,

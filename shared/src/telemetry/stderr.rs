@@ -36,10 +36,41 @@ pub(super) fn writer() -> (NonBlocking, LogGuard) {
         .lossy(true)
         .buffered_lines_limit(BUFFERED_LINES)
         .thread_name("stderr-writer")
-        .finish(std::io::stderr());
+        .finish(Coalesced::default());
     let _ = DROPPED.set(writer.error_counter());
     *GUARD.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
     (writer, LogGuard(()))
+}
+
+/// What the writer thread writes to: the lines it drains from the queue
+/// in one go leave in one write (it flushes after each drain), not a
+/// syscall per line. A failed write loses what it carried, as a failed
+/// line always did, and is never reported as an error (the writer thread
+/// would print it to the same broken stderr).
+#[derive(Default)]
+struct Coalesced {
+    buf: Vec<u8>,
+}
+
+/// Bytes gathered before a write is forced mid-drain.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+impl Write for Coalesced {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + line.len() > COALESCE_BYTES {
+            self.flush()?;
+        }
+        self.buf.extend_from_slice(line);
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.buf.is_empty() {
+            let _ = std::io::stderr().write_all(&self.buf);
+            self.buf.clear();
+        }
+        Ok(())
+    }
 }
 
 /// Keeps the log writer thread; dropped at the end of `main`, it writes out

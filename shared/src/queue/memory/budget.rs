@@ -1,5 +1,5 @@
 //! The send budget and Telegram's pauses, in process: the same rules as
-//! `lua/send_budget.lua` and `lua/rate_limited.lua`.
+//! `lua/admit_many.lua` and `lua/rate_limited.lua`.
 
 use std::time::Duration;
 

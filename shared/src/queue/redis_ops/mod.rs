@@ -5,6 +5,9 @@
 //! - `ending`: how an entry ends - completion (one script, or two when the
 //!   shard lives in another slot than the bot's keys), kept replies, dead
 //!   letters, failures, per-chat heads;
+//! - `end_many`: the same for many entries in one script call (group
+//!   commit);
+//! - `budget`: the send budget, many sends per script call;
 //! - `depth`: backlog figures and the server's durability settings;
 //! - here: where an entry's keys live (lane, shard, home) and reply parsing.
 //!
@@ -31,10 +34,13 @@ pub type RedisResult<T> = redis::RedisResult<T>;
 /// One entry as XRANGE answers it: id and fields.
 type StreamEntry = (String, HashMap<String, Value>);
 
+mod budget;
 mod depth;
+pub mod end_many;
 mod ending;
 mod group;
 
+pub use budget::*;
 pub use depth::*;
 pub use ending::*;
 pub use group::*;

@@ -1,0 +1,132 @@
+//! Group commit: calls that arrive while a batch is running ride together
+//! in the next one, and so do calls made by tasks that were ready to run
+//! when the first arrived. Under load a script call carries dozens of updates;
+//! when idle, a call goes alone at once - nothing waits for a batch to
+//! fill, so latency never grows to buy throughput.
+//!
+//! Each caller still gets its own answer (or the batch's error) and keeps
+//! its own retry policy; a batch is one atomic script, so it either
+//! happened for every item or for none.
+
+use std::future::Future;
+use std::sync::Mutex;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{StoreError, StoreResult};
+
+type Job<Req, Resp> = (Req, oneshot::Sender<StoreResult<Resp>>);
+
+/// The runner of one kind of batch, started on first use from the
+/// caller's runtime (and again if that runtime went away).
+pub(crate) struct GroupCommit<Req, Resp> {
+    max: usize,
+    tx: Mutex<Option<mpsc::UnboundedSender<Job<Req, Resp>>>>,
+}
+
+/// Runs one batch: given the items, answers one result per item, in order.
+pub(crate) type Run<Req, Resp> = std::sync::Arc<
+    dyn Fn(Vec<Req>) -> futures::future::BoxFuture<'static, StoreResult<Vec<Resp>>> + Send + Sync,
+>;
+
+impl<Req: Send + 'static, Resp: Send + 'static> GroupCommit<Req, Resp> {
+    /// `max`: the most items one batch takes.
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            tx: Mutex::new(None),
+        }
+    }
+
+    /// Hands `req` to the next batch `run` executes and waits for its
+    /// answer. `run` is taken on the first call (and after a restart of
+    /// the runner); it must be the same for every call.
+    pub(crate) async fn call(
+        &self,
+        req: Req,
+        run: impl FnOnce() -> Run<Req, Resp>,
+    ) -> StoreResult<Resp> {
+        let (answer, answered) = oneshot::channel();
+        let sender = {
+            let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            match tx.as_ref() {
+                Some(t) if !t.is_closed() => t.clone(),
+                _ => {
+                    let t = self.start(run());
+                    *tx = Some(t.clone());
+                    t
+                }
+            }
+        };
+        // The runner's runtime may end between the check and the send, or
+        // while the batch runs: the caller retries, and the next call
+        // starts a runner anew.
+        if sender.send((req, answer)).is_err() {
+            return Err(StoreError::Batch("the batch runner stopped"));
+        }
+        answered
+            .await
+            .unwrap_or(Err(StoreError::Batch("the batch runner stopped")))
+    }
+
+    fn start(&self, run: Run<Req, Resp>) -> mpsc::UnboundedSender<Job<Req, Resp>> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job<Req, Resp>>();
+        let max = self.max;
+        tokio::spawn(async move {
+            let mut reqs = Vec::with_capacity(max);
+            let mut waiting = Vec::with_capacity(max);
+            while let Some((req, answer)) = rx.recv().await {
+                reqs.push(req);
+                waiting.push(answer);
+                // Let every task that is ready run first: those about to
+                // call join this batch. Costs nothing when none is.
+                tokio::task::yield_now().await;
+                while reqs.len() < max {
+                    match rx.try_recv() {
+                        Ok((req, answer)) => {
+                            reqs.push(req);
+                            waiting.push(answer);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                answer_all(&mut waiting, run(std::mem::take(&mut reqs)).await);
+            }
+        });
+        tx
+    }
+}
+
+fn answer_all<Resp>(
+    waiting: &mut Vec<oneshot::Sender<StoreResult<Resp>>>,
+    result: StoreResult<Vec<Resp>>,
+) {
+    match result {
+        Ok(answers) if answers.len() == waiting.len() => {
+            for (w, a) in waiting.drain(..).zip(answers) {
+                let _ = w.send(Ok(a));
+            }
+        }
+        Ok(_) => {
+            for w in waiting.drain(..) {
+                let _ = w.send(Err(StoreError::Batch(
+                    "a batch answered a different number of items than it was given",
+                )));
+            }
+        }
+        Err(e) => {
+            for w in waiting.drain(..) {
+                let _ = w.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Makes a [`Run`] from an async closure.
+pub(crate) fn run_with<Req, Resp, F, Fut>(f: F) -> Run<Req, Resp>
+where
+    F: Fn(Vec<Req>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = StoreResult<Vec<Resp>>> + Send + 'static,
+{
+    std::sync::Arc::new(move |reqs| Box::pin(f(reqs)))
+}

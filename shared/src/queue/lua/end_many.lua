@@ -1,0 +1,142 @@
+-- Ends many entries in one call: what finish.lua does for an entry that
+-- completes and reply_sent.lua for a reply that went out, for every item
+-- of a batch, in order, atomically. One call instead of one per entry is
+-- what makes the queue's Redis cost per update small (a script call costs
+-- more than the commands inside it); commands that take many members
+-- (XACK, XDEL, HDEL, ZADD, ZREM, HINCRBY of the counters) run once for
+-- the whole batch.
+--
+-- As in finish.lua, the deletions come FIRST: under `maxmemory` with
+-- `noeviction` Redis refuses a script only at its first write that can
+-- grow memory, and XACK/XDEL/HDEL/ZREM never need memory - so a batch
+-- ends its entries on a full Redis too, and ending entries is what frees
+-- the memory.
+--
+-- KEYS: users:first_seen, users:last_seen, counters, failures, replies,
+-- replies:due, users:blocked, then each item's keys.
+-- ARGV: done TTL s, now ms, group, item count, then each item:
+--   'f' (finished): entry id, order key ('' = none), done bit, reply
+--       ('' = none), reply lease end ms, user id ('' = none), first_name,
+--       username, language_code, is message ('1'/'0'), start payload,
+--       number of writes, then (op, field, value) per write.
+--       Keys: done bitmap, user, stream, order list, one kv hash per write.
+--   's' (reply sent): entry id, order key ('' = none). Keys: order list.
+-- Returns, per item, whether it was fresh (1/0; always 1 for 's') and its
+-- chat's next entry id ('' = none).
+local ttl, now, group, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+
+local items = {}
+local a, k = 5, 8
+for i = 1, n do
+  local it = { kind = ARGV[a], id = ARGV[a + 1], okey = ARGV[a + 2] }
+  if it.kind == 'f' then
+    it.bit, it.reply, it.lease = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+    it.uid, it.w = ARGV[a + 6], a + 7
+    local nw = tonumber(ARGV[a + 12])
+    it.nw, it.wa = nw, a + 13
+    a = a + 13 + 3 * nw
+    it.done, it.user, it.stream, it.order, it.wk = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], k + 4
+    k = k + 4 + nw
+  else
+    a = a + 3
+    it.order = KEYS[k]
+    k = k + 1
+  end
+  items[i] = it
+end
+
+-- 1. Deletions.
+local streams, acks, failed, sent = {}, {}, {}, {}
+for i = 1, n do
+  local it = items[i]
+  failed[#failed + 1] = it.id
+  if it.kind == 'f' then
+    local sid = string.match(it.id, "(%d+%-%d+)$") or it.id
+    local l = acks[it.stream]
+    if not l then
+      l = {}
+      acks[it.stream] = l
+      streams[#streams + 1] = it.stream
+    end
+    l[#l + 1] = sid
+  else
+    sent[#sent + 1] = it.id
+  end
+end
+for _, s in ipairs(streams) do
+  redis.call('XACK', s, group, unpack(acks[s]))
+  redis.call('XDEL', s, unpack(acks[s]))
+end
+if #sent > 0 then
+  redis.call('HDEL', KEYS[5], unpack(sent))
+  redis.call('ZREM', KEYS[6], unpack(sent))
+end
+redis.call('HDEL', KEYS[4], unpack(failed))
+
+-- 2. Marks, records, writes, kept replies, order - item by item.
+local handled, dups = 0, 0
+local expiring = {}
+local first, last, users, kept, due = {}, {}, {}, {}, {}
+local out = {}
+for i = 1, n do
+  local it = items[i]
+  local fresh, keep, head = 1, false, ''
+  if it.kind == 'f' then
+    if redis.call('SETBIT', it.done, it.bit, 1) == 0 then
+      if not expiring[it.done] then
+        redis.call('EXPIRE', it.done, ttl)
+        expiring[it.done] = true
+      end
+      handled = handled + 1
+      if it.uid ~= '' then
+        local w = it.w
+        redis.call('HSETNX', it.user, 'first_seen', now)
+        redis.call('HSET', it.user, 'last_seen', now, 'first_name', ARGV[w], 'username', ARGV[w + 1], 'language_code', ARGV[w + 2])
+        if ARGV[w + 3] == '1' then redis.call('HINCRBY', it.user, 'messages', 1) end
+        if ARGV[w + 4] ~= '' then redis.call('HSET', it.user, 'start_payload', ARGV[w + 4]) end
+        first[#first + 1] = now
+        first[#first + 1] = it.uid
+        last[#last + 1] = now
+        last[#last + 1] = it.uid
+        -- Writing to the bot again: no longer blocking it.
+        users[#users + 1] = it.uid
+      end
+      for j = 0, it.nw - 1 do
+        local op, field, value = ARGV[it.wa + 3 * j], ARGV[it.wa + 3 * j + 1], ARGV[it.wa + 3 * j + 2]
+        local key = KEYS[it.wk + j]
+        if op == 'incr' then redis.call('HINCRBY', key, field, value)
+        elseif op == 'set' then redis.call('HSET', key, field, value)
+        else redis.call('HSETNX', key, field, value) end
+      end
+      if it.reply ~= '' then
+        kept[#kept + 1] = it.id
+        kept[#kept + 1] = it.reply
+        due[#due + 1] = it.lease
+        due[#due + 1] = it.id
+        keep = true
+      end
+    else
+      fresh = 0
+      dups = dups + 1
+    end
+  end
+  -- A kept reply holds its chat until it is sent.
+  if not keep and it.okey ~= '' then
+    redis.call('LREM', it.order, 1, it.id)
+    head = redis.call('LINDEX', it.order, 0) or ''
+  end
+  out[#out + 1] = fresh
+  out[#out + 1] = head
+end
+if #users > 0 then
+  redis.call('ZADD', KEYS[1], 'NX', unpack(first))
+  redis.call('ZADD', KEYS[2], unpack(last))
+  redis.call('ZREM', KEYS[7], unpack(users))
+end
+if #kept > 0 then
+  redis.call('HSET', KEYS[5], unpack(kept))
+  redis.call('ZADD', KEYS[6], unpack(due))
+end
+if handled > 0 then redis.call('HINCRBY', KEYS[3], 'updates_handled', handled) end
+if dups > 0 then redis.call('HINCRBY', KEYS[3], 'updates_deduplicated', dups) end
+return out

@@ -1,0 +1,124 @@
+//! Ending many entries in one script call (`lua/end_many.lua`): the
+//! finishes and sent replies that arrive together ride in one batch (see
+//! `queue::group_commit`). Only entries whose keys share the bot's home
+//! (one server, or shard 0 of a sharded layout) batch: a shard in another
+//! slot needs its two-step finish.
+
+use redis::Value;
+
+use super::{lane_stream, value_string, RedisResult};
+use crate::envelope::Entry;
+use crate::keys::{self, Keys};
+use crate::queue::scripts::scripts;
+use crate::queue::{locate, Completion};
+
+/// One entry's end, owned so it can wait in a batch: its KEYS and ARGV
+/// as `end_many.lua` reads them.
+#[derive(Debug)]
+pub struct EndItem {
+    keys: Vec<String>,
+    args: Vec<String>,
+}
+
+/// Whether an entry's end may ride in a batch: its keys live in the bot's
+/// home.
+pub fn batches(entry_id: &str) -> bool {
+    locate(entry_id).1 == 0
+}
+
+/// A finished entry (what `finish` does for one).
+pub fn finished(keys: &Keys, entry: &Entry, done: &Completion<'_>) -> EndItem {
+    let (lane, shard, _) = locate(&entry.id);
+    let u = done.user;
+    let mut item = EndItem {
+        keys: Vec::with_capacity(4 + done.writes.len()),
+        args: Vec::with_capacity(13 + 3 * done.writes.len()),
+    };
+    let mark = keys.done(entry.update_id);
+    item.keys.push(mark.key);
+    item.keys.push(keys.user(u.map_or(0, |u| u.id)));
+    item.keys.push(lane_stream(keys, lane, shard));
+    item.keys.push(keys.order(&entry.key));
+    item.keys
+        .extend(done.writes.iter().map(|w| keys.kv(w.hash())));
+    item.args.extend([
+        "f".to_owned(),
+        entry.id.clone(),
+        entry.key.clone(),
+        mark.bit.to_string(),
+        done.reply.unwrap_or("").to_owned(),
+        done.reply_lease_until_ms.to_string(),
+    ]);
+    match u {
+        Some(u) => item.args.extend([
+            u.id.to_string(),
+            u.first_name.clone(),
+            u.username.clone(),
+            u.language_code.clone(),
+            if u.is_message { "1" } else { "0" }.to_owned(),
+            u.start_payload.clone(),
+        ]),
+        None => item
+            .args
+            .extend(["", "", "", "", "0", ""].map(str::to_owned)),
+    }
+    item.args.push(done.writes.len().to_string());
+    for w in done.writes {
+        let (op, field, value) = w.parts();
+        item.args.extend([op.to_owned(), field.to_owned(), value]);
+    }
+    item
+}
+
+/// A kept reply that went out (what `reply_sent` does for one).
+pub fn sent(keys: &Keys, entry_id: &str, key: &str) -> EndItem {
+    EndItem {
+        keys: vec![keys.order(key)],
+        args: vec!["s".to_owned(), entry_id.to_owned(), key.to_owned()],
+    }
+}
+
+/// Runs one batch; per item, whether it was fresh and its chat's next
+/// entry id.
+pub async fn end_many(
+    conn: &mut crate::redis_conn::Conn,
+    keys: &Keys,
+    items: Vec<EndItem>,
+) -> RedisResult<Vec<(bool, Option<String>)>> {
+    let n = items.len();
+    let mut inv = scripts().end_many.prepare_invoke();
+    inv.key(keys.users_first_seen())
+        .key(keys.users_last_seen())
+        .key(keys.counters())
+        .key(keys.failures())
+        .key(keys.replies())
+        .key(keys.replies_due())
+        .key(keys.users_blocked());
+    inv.arg(keys::DONE_TTL_SECS)
+        .arg(crate::envelope::now_ms())
+        .arg(keys::GROUP)
+        .arg(n);
+    for item in &items {
+        for k in &item.keys {
+            inv.key(k);
+        }
+        for a in &item.args {
+            inv.arg(a);
+        }
+    }
+    let flat: Vec<Value> = inv.invoke_async(conn).await?;
+    if flat.len() != 2 * n {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "end_many answered a different number of items than it was given",
+        )));
+    }
+    Ok(flat
+        .chunks(2)
+        .map(|c| {
+            let fresh = matches!(c[0], Value::Int(1));
+            let head = value_string(&c[1]).filter(|h| !h.is_empty());
+            (fresh, head)
+        })
+        .collect())
+}
