@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::sync::Mutex;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{StoreError, StoreResult};
@@ -21,6 +22,7 @@ type Job<Req, Resp> = (Req, oneshot::Sender<StoreResult<Resp>>);
 /// caller's runtime (and again if that runtime went away).
 pub(crate) struct GroupCommit<Req, Resp> {
     max: usize,
+    parallel: usize,
     tx: Mutex<Option<mpsc::UnboundedSender<Job<Req, Resp>>>>,
 }
 
@@ -30,10 +32,14 @@ pub(crate) type Run<Req, Resp> = std::sync::Arc<
 >;
 
 impl<Req: Send + 'static, Resp: Send + 'static> GroupCommit<Req, Resp> {
-    /// `max`: the most items one batch takes.
-    pub(crate) fn new(max: usize) -> Self {
+    /// `max`: the most items one batch takes; `parallel`: how many
+    /// batches may run at once. One at a time makes batches largest (the
+    /// cheapest for Redis) but makes a caller wait for the batch before
+    /// its own; a few at once keep latency near a single call's.
+    pub(crate) fn new(max: usize, parallel: usize) -> Self {
         Self {
             max: max.max(1),
+            parallel: parallel.max(1),
             tx: Mutex::new(None),
         }
     }
@@ -71,30 +77,53 @@ impl<Req: Send + 'static, Resp: Send + 'static> GroupCommit<Req, Resp> {
 
     fn start(&self, run: Run<Req, Resp>) -> mpsc::UnboundedSender<Job<Req, Resp>> {
         let (tx, mut rx) = mpsc::unbounded_channel::<Job<Req, Resp>>();
-        let max = self.max;
+        let (max, parallel) = (self.max, self.parallel);
         tokio::spawn(async move {
-            let mut reqs = Vec::with_capacity(max);
-            let mut waiting = Vec::with_capacity(max);
-            while let Some((req, answer)) = rx.recv().await {
-                reqs.push(req);
-                waiting.push(answer);
-                // Let every task that is ready run first: those about to
-                // call join this batch. Costs nothing when none is.
-                tokio::task::yield_now().await;
-                while reqs.len() < max {
-                    match rx.try_recv() {
-                        Ok((req, answer)) => {
-                            reqs.push(req);
-                            waiting.push(answer);
-                        }
-                        Err(_) => break,
+            let mut running = FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(()) = running.next(), if !running.is_empty() => {}
+                    job = rx.recv(), if running.len() < parallel => {
+                        let Some(first) = job else { break };
+                        let (reqs, waiting) = gather(&mut rx, first, max).await;
+                        let batch = run(reqs);
+                        running.push(async move {
+                            let mut waiting = waiting;
+                            answer_all(&mut waiting, batch.await);
+                        });
                     }
                 }
-                answer_all(&mut waiting, run(std::mem::take(&mut reqs)).await);
             }
+            // Every caller is gone: finish what runs, then stop.
+            while running.next().await.is_some() {}
         });
         tx
     }
+}
+
+/// The next batch: `first`, then whatever is queued, after letting every
+/// task that is ready run first (those about to call join this batch; it
+/// costs nothing when none is).
+async fn gather<Req, Resp>(
+    rx: &mut mpsc::UnboundedReceiver<Job<Req, Resp>>,
+    first: Job<Req, Resp>,
+    max: usize,
+) -> (Vec<Req>, Vec<oneshot::Sender<StoreResult<Resp>>>) {
+    let (mut reqs, mut waiting) = (Vec::with_capacity(max), Vec::with_capacity(max));
+    reqs.push(first.0);
+    waiting.push(first.1);
+    tokio::task::yield_now().await;
+    while reqs.len() < max {
+        match rx.try_recv() {
+            Ok((req, answer)) => {
+                reqs.push(req);
+                waiting.push(answer);
+            }
+            Err(_) => break,
+        }
+    }
+    (reqs, waiting)
 }
 
 fn answer_all<Resp>(

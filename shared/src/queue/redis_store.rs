@@ -43,6 +43,9 @@ pub struct RedisStore {
 /// The most updates one `enqueue_many.lua` call stores: an ingress's
 /// whole burst of concurrent requests, while one call stays short.
 const INTAKE_BATCH: usize = 128;
+/// Batches of updates stored at once: Telegram is waiting for each
+/// request's 200, so latency counts more here than on the worker's side.
+const INTAKE_PARALLEL: usize = 4;
 
 /// The most entries one `end_many.lua` call ends: enough to carry a
 /// worker's whole concurrency, small enough to keep one call short.
@@ -129,10 +132,10 @@ impl RedisStore {
             keys,
             wait_replicas: layout.wait_replicas,
             intake: (0..shards)
-                .map(|_| GroupCommit::new(INTAKE_BATCH))
+                .map(|_| GroupCommit::new(INTAKE_BATCH, INTAKE_PARALLEL))
                 .collect(),
-            ends: GroupCommit::new(END_BATCH),
-            admits: GroupCommit::new(END_BATCH),
+            ends: GroupCommit::new(END_BATCH, 2),
+            admits: GroupCommit::new(END_BATCH, 2),
         })
     }
 
