@@ -4,12 +4,6 @@ use clap::{Parser, Subcommand};
 
 use shared::Config;
 
-/// mimalloc: the services allocate and free small buffers for every
-/// update (requests, replies, Redis frames); glibc's allocator spent about
-/// a seventh of a worker's CPU on that.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The public side of the bot: receives Telegram's webhook, stores every
 /// update in the Redis stream, answers 200. With no arguments it serves.
 #[derive(Parser)]

@@ -159,3 +159,102 @@ where
 {
     std::sync::Arc::new(move |reqs| Box::pin(f(reqs)))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A run that records each batch's size and answers each item doubled;
+    /// a batch holding 0 fails as a whole.
+    fn doubling(sizes: Arc<Mutex<Vec<usize>>>) -> Run<u32, u32> {
+        run_with(move |items: Vec<u32>| {
+            let sizes = sizes.clone();
+            async move {
+                sizes.lock().unwrap().push(items.len());
+                tokio::task::yield_now().await;
+                if items.contains(&0) {
+                    return Err(StoreError::Timeout);
+                }
+                Ok(items.into_iter().map(|i| i * 2).collect())
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_a_batch_and_each_gets_its_own_answer() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gc = Arc::new(GroupCommit::new(64, 1));
+        let calls = (1..=40u32).map(|i| {
+            let (gc, sizes) = (gc.clone(), sizes.clone());
+            tokio::spawn(async move { (i, gc.call(i, || doubling(sizes)).await) })
+        });
+        for r in futures::future::join_all(calls).await {
+            let (i, answer) = r.unwrap();
+            assert_eq!(answer.unwrap(), i * 2);
+        }
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 40);
+        assert!(
+            sizes.len() < 40,
+            "40 callers ready at once should share batches, got {sizes:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_never_exceeds_its_maximum() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gc = Arc::new(GroupCommit::new(8, 2));
+        let calls = (1..=50u32).map(|i| {
+            let (gc, sizes) = (gc.clone(), sizes.clone());
+            tokio::spawn(async move { gc.call(i, || doubling(sizes)).await })
+        });
+        for r in futures::future::join_all(calls).await {
+            r.unwrap().unwrap();
+        }
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 50);
+        assert!(sizes.iter().all(|&n| n <= 8), "{sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_every_caller_in_it_and_the_next_one_runs() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let gc = Arc::new(GroupCommit::new(64, 1));
+        let calls = [0u32, 5, 6].map(|i| {
+            let (gc, sizes) = (gc.clone(), sizes.clone());
+            tokio::spawn(async move { gc.call(i, || doubling(sizes)).await })
+        });
+        let answers: Vec<_> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        // All three were ready together: one batch, failed as a whole.
+        assert_eq!(sizes.lock().unwrap().clone(), vec![3]);
+        assert!(answers
+            .iter()
+            .all(|a| matches!(a, Err(StoreError::Timeout))));
+        assert_eq!(gc.call(7, || doubling(sizes.clone())).await.unwrap(), 14);
+    }
+
+    #[test]
+    fn a_runner_whose_runtime_ended_is_started_again() {
+        let gc = GroupCommit::new(4, 1);
+        let started = Arc::new(AtomicUsize::new(0));
+        let make = || {
+            started.fetch_add(1, Ordering::SeqCst);
+            doubling(Arc::new(Mutex::new(Vec::new())))
+        };
+        for i in 1..=2u32 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            assert_eq!(rt.block_on(gc.call(i, make)).unwrap(), i * 2);
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+    }
+}

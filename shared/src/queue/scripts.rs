@@ -13,7 +13,9 @@ pub struct Scripts {
     /// The ingress's store step, many updates per call
     /// (`lua/enqueue_many.lua`).
     pub enqueue_many: Script,
-    /// An update's completion (`lua/finish.lua`).
+    /// One entry's completion (`lua/finish.lua`): for a shard outside the
+    /// bot's home, after `apply.lua`; the bot's home ends its entries in
+    /// batches (`end_many`).
     pub finish: Script,
     pub end_many: Script,
     /// Its bot-wide half when its shard is elsewhere (`lua/apply.lua`).

@@ -1,0 +1,226 @@
+//! The store's group commit against a real Redis: calls that arrive
+//! together share one script call (`enqueue_many`, `end_many`,
+//! `admit_many`), and each caller still gets exactly the answer a call of
+//! its own would have given - a resend inside a batch is a duplicate, a
+//! second delivery inside a batch is not fresh, the send budget counts
+//! every booking before it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::harness::RedisServer;
+use serde_json::json;
+use shared::envelope::{probe, Enqueued, Entry};
+use shared::keys::Keys;
+use shared::queue::{
+    Admit, Budget, Completion, ConsumerGroup, Delivery, Intake, Lane, RedisStore, SendBudget,
+};
+
+const T: Duration = Duration::from_secs(20);
+
+fn update(update_id: i64, chat: i64) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "update_id": update_id,
+        "message": {
+            "message_id": update_id, "date": 0, "text": "/start",
+            "chat": {"id": chat, "type": "private", "first_name": "A"},
+            "from": {"id": chat, "is_bot": false, "first_name": "A"}
+        }
+    }))
+    .unwrap()
+}
+
+async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// 30 updates from 10 chats, each posted twice at the same moment.
+async fn store_pairs(store: &Arc<RedisStore>) -> Vec<(i64, Enqueued)> {
+    let calls = (1..=30i64).flat_map(|id| [id, id]).map(|id| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let raw = update(id, 100 + id % 10);
+            let p = probe(&raw).unwrap();
+            (id, store.enqueue(&p, Lane::Ordinary, &raw).await.unwrap())
+        })
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resend_in_the_same_batch_is_a_duplicate_and_nothing_is_stored_twice() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = Arc::new(RedisStore::open(&redis.url(), Keys::default()).unwrap());
+    let answers = tokio::time::timeout(T, store_pairs(&store)).await.unwrap();
+    for id in 1..=30 {
+        let stored = answers
+            .iter()
+            .filter(|(i, a)| *i == id && matches!(a, Enqueued::Stored(_)))
+            .count();
+        assert_eq!(stored, 1, "update {id}: {answers:?}");
+    }
+    let mut c = redis_conn(&redis).await;
+    let len: u64 = redis::cmd("XLEN")
+        .arg(Keys::default().stream())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(len, 30);
+    // Each chat's order list holds its three entries, each once.
+    for chat in 100..110i64 {
+        let order: Vec<String> = redis::cmd("LRANGE")
+            .arg(Keys::default().order(&format!("c{chat}")))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(order.len(), 3, "chat {chat}: {order:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_ended_together_count_once_and_free_their_chats() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = Arc::new(RedisStore::open(&redis.url(), Keys::default()).unwrap());
+    tokio::time::timeout(T, store_pairs(&store)).await.unwrap();
+    store.join_group("w").await.unwrap();
+    let read = store
+        .read_new("w", Lane::Ordinary, 0, 100, 100)
+        .await
+        .unwrap();
+    assert_eq!(read.entries.len(), 30);
+
+    // Every entry finished twice at once (a second delivery racing the
+    // first); even update ids keep a reply for sending.
+    let finishes = read
+        .entries
+        .iter()
+        .flat_map(|e| [e.clone(), e.clone()])
+        .map(|e: Entry| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let reply = (e.update_id % 2 == 0).then_some("{\"text\":\"hi\"}");
+                let done = Completion {
+                    reply,
+                    reply_lease_until_ms: i64::MAX / 2,
+                    ..Completion::default()
+                };
+                (e.id.clone(), store.finish(&e, done).await.unwrap().0)
+            })
+        });
+    let fresh: Vec<(String, bool)> = tokio::time::timeout(T, futures::future::join_all(finishes))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    for e in &read.entries {
+        let n = fresh.iter().filter(|(id, f)| *id == e.id && *f).count();
+        assert_eq!(n, 1, "entry {} fresh {n} times", e.id);
+    }
+    let mut c = redis_conn(&redis).await;
+    let counters: std::collections::HashMap<String, u64> = redis::cmd("HGETALL")
+        .arg(Keys::default().counters())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(counters.get("updates_handled"), Some(&30), "{counters:?}");
+    assert_eq!(
+        counters.get("updates_deduplicated"),
+        Some(&30),
+        "{counters:?}"
+    );
+    assert_eq!(store.kept_replies().await.unwrap(), 15);
+
+    // The kept replies went out, all at once: every chat is free.
+    let sent = read
+        .entries
+        .iter()
+        .filter(|e| e.update_id % 2 == 0)
+        .map(|e| {
+            let (store, id, key) = (store.clone(), e.id.clone(), e.key.clone());
+            tokio::spawn(async move { store.reply_sent(&id, &key).await.unwrap() })
+        });
+    tokio::time::timeout(T, futures::future::join_all(sent))
+        .await
+        .unwrap();
+    assert_eq!(store.kept_replies().await.unwrap(), 0);
+    let (len, pending): (u64, redis::Value) = redis::pipe()
+        .cmd("XLEN")
+        .arg(Keys::default().stream())
+        .cmd("XPENDING")
+        .arg(Keys::default().stream())
+        .arg(shared::keys::GROUP)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(len, 0);
+    assert!(
+        matches!(&pending, redis::Value::Array(v) if v.first() == Some(&redis::Value::Int(0))),
+        "{pending:?}"
+    );
+    for chat in 100..110i64 {
+        let left: u64 = redis::cmd("LLEN")
+            .arg(Keys::default().order(&format!("c{chat}")))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "chat {chat} still holds entries");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_budgeted_together_get_exactly_the_burst() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = Arc::new(RedisStore::open(&redis.url(), Keys::default()).unwrap());
+    // One send a second, a burst of five: of 25 asking at once, five go.
+    let budget = Budget {
+        paid: false,
+        chat_id: 7,
+        interval_us: 1_000_000,
+        tolerance_us: 4_000_000,
+        chat_interval_us: 0,
+        chat_tolerance_us: 0,
+    };
+    let asks = (0..25).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.admit(budget).await.unwrap() })
+    });
+    let answers: Vec<Admit> = tokio::time::timeout(T, futures::future::join_all(asks))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let go = answers.iter().filter(|a| **a == Admit::Go).count();
+    assert_eq!(go, 5, "{answers:?}");
+    // Refusals book nothing: each of the others waits about a second.
+    let mut waits: Vec<u64> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Admit::Rate(us) => Some(*us),
+            _ => None,
+        })
+        .collect();
+    waits.sort_unstable();
+    assert_eq!(waits.len(), 20);
+    assert!(
+        waits.iter().all(|w| (900_000..=1_000_000).contains(w)),
+        "{waits:?}"
+    );
+}
