@@ -10,6 +10,10 @@
 //!   when handled, per-chat order, failure counts and dead letters) inside
 //!   one process; nothing to install, nothing survives a restart.
 //!
+//! In Redis, calls that arrive together share one script call
+//! (`group_commit`, the store's batches in `redis_batches`): many updates
+//! stored, entries ended or sends budgeted per call.
+//!
 //! The trait speaks in the queue's terms (enqueue, read, claim, finish,
 //! dead-letter), not in Redis commands, so the two stay interchangeable.
 
@@ -17,6 +21,7 @@ mod group_commit;
 mod lane;
 mod layout_guard;
 mod memory;
+mod redis_batches;
 pub mod redis_ops;
 mod redis_outbound;
 mod redis_store;

@@ -5,17 +5,17 @@ use std::time::Duration;
 use crate::redis_conn::Conn;
 use futures::FutureExt;
 
-use super::group_commit::{run_with, GroupCommit};
+use super::redis_batches::Batches;
 use super::redis_ops;
-use super::redis_ops::end_many::{self, EndItem};
-use super::redis_ops::AdmitItem;
+use super::redis_ops::end_many;
+use super::redis_ops::{AdmitItem, EnqueueItem};
 use super::scripts::scripts;
 use super::{
     Admit, Budget, Claimed, Completion, ConsumerGroup, ConsumerInfo, Coordination,
     DeadLetterRequest, Delivery, Depth, Directory, Head, Intake, Lane, OrphanReply, Read, Scope,
     SendBudget, Store, StoreError, StoreFuture, StoreResult,
 };
-use crate::envelope::{self, EnqueueItem, Enqueued, Entry, Probe};
+use crate::envelope::{Enqueued, Entry, Probe};
 use crate::keys::Keys;
 use crate::redis_conn::{self, COMMAND_TIMEOUT};
 use crate::stats::{self, BotStats, UserRecord};
@@ -32,24 +32,9 @@ pub struct RedisStore {
     /// `REDIS_WAIT_REPLICAS`: replicas that must have an update before
     /// it is acknowledged.
     wait_replicas: u32,
-    /// Finishes and sent replies of the bot's home, ended together.
-    ends: GroupCommit<EndItem, (bool, Option<String>)>,
-    /// Updates stored together, one batcher per shard's home.
-    intake: Vec<GroupCommit<EnqueueItem, Enqueued>>,
-    /// Send-budget checks, booked together.
-    admits: GroupCommit<AdmitItem, (i64, i64)>,
+    /// Updates stored, entries ended and sends budgeted together.
+    batches: Batches,
 }
-
-/// The most updates one `enqueue_many.lua` call stores: an ingress's
-/// whole burst of concurrent requests, while one call stays short.
-const INTAKE_BATCH: usize = 128;
-/// Batches of updates stored at once: Telegram is waiting for each
-/// request's 200, so latency counts more here than on the worker's side.
-const INTAKE_PARALLEL: usize = 4;
-
-/// The most entries one `end_many.lua` call ends: enough to carry a
-/// worker's whole concurrency, small enough to keep one call short.
-const END_BATCH: usize = 128;
 
 /// How to reach and lay out the queue in Redis (`REDIS_CLUSTER`,
 /// `QUEUE_SHARDS`, `REDIS_WAIT_REPLICAS`).
@@ -131,11 +116,7 @@ impl RedisStore {
             blocking_fast: target.blocking(MAX_BLOCK)?,
             keys,
             wait_replicas: layout.wait_replicas,
-            intake: (0..shards)
-                .map(|_| GroupCommit::new(INTAKE_BATCH, INTAKE_PARALLEL))
-                .collect(),
-            ends: GroupCommit::new(END_BATCH, 2),
-            admits: GroupCommit::new(END_BATCH, 2),
+            batches: Batches::new(shards),
         })
     }
 
@@ -169,53 +150,12 @@ impl RedisStore {
         });
     }
 
-    /// Ends an entry in the next batch (`redis_ops::end_many`).
-    async fn end_in_batch(&self, item: EndItem) -> StoreResult<(bool, Option<String>)> {
-        self.ends
-            .call(item, || {
-                let (conn, keys) = (self.conn.clone(), self.keys.clone());
-                run_with(move |items| {
-                    let (mut c, keys) = (conn.clone(), keys.clone());
-                    async move { bounded(end_many::end_many(&mut c, &keys, items)).await }
-                })
-            })
-            .await
-    }
-
     pub fn is_cluster(&self) -> bool {
         self.conn.is_cluster()
     }
 
     pub fn connection(&self) -> Conn {
         self.conn.clone()
-    }
-
-    /// Stores an update in the next batch of its shard. The batch runs
-    /// once more if the connection broke (Redis restarted, a failover, an
-    /// idle connection cut by a proxy): the manager is reconnecting, so
-    /// one more try usually lands. Safe to repeat: if the first script
-    /// ran, the seen marks make this one a no-op that answers Duplicate.
-    /// Otherwise Telegram would get a 503 and hold the chat back for its
-    /// own retry delay.
-    async fn store_in_batch(&self, item: EnqueueItem) -> StoreResult<Enqueued> {
-        let batcher = &self.intake[usize::from(item.shard) % self.intake.len()];
-        batcher
-            .call(item, || {
-                let conn = self.conn.clone();
-                run_with(move |items: Vec<EnqueueItem>| {
-                    let mut c = conn.clone();
-                    async move {
-                        match bounded(envelope::enqueue_many(&mut c, &items)).await {
-                            Err(StoreError::Redis(e)) if connection_broke(&e) => {
-                                tracing::debug!(error = %e, "connection broke while storing; one more try");
-                                bounded(envelope::enqueue_many(&mut c, &items)).await
-                            }
-                            other => other,
-                        }
-                    }
-                })
-            })
-            .await
     }
 
     /// `REDIS_WAIT_REPLICAS`: holds the acknowledgement until enough
@@ -237,7 +177,7 @@ impl RedisStore {
 
 /// Every command gets a hard deadline: a dead Redis must never hang a
 /// caller, whatever the client library's own timeouts do.
-fn connection_broke(e: &redis::RedisError) -> bool {
+pub(super) fn connection_broke(e: &redis::RedisError) -> bool {
     e.is_connection_dropped() || e.is_unrecoverable_error()
 }
 
@@ -270,7 +210,7 @@ impl Intake for RedisStore {
         async move {
             let mut c = self.conn.clone();
             let item = EnqueueItem::new(&self.keys, probe, lane, raw);
-            let stored = self.store_in_batch(item).await?;
+            let stored = self.batches.store(&self.conn, item).await?;
             // A duplicate waits too: its first copy may be the one whose
             // wait ran out.
             let shard = match lane {
@@ -531,7 +471,7 @@ impl Delivery for RedisStore {
     ) -> StoreFuture<'a, (bool, Option<String>)> {
         if end_many::batches(&entry.id) {
             let item = end_many::finished(&self.keys, entry, &done);
-            return self.end_in_batch(item).boxed();
+            return self.batches.end(&self.conn, &self.keys, item).boxed();
         }
         async move {
             let mut c = self.conn.clone();
@@ -547,7 +487,8 @@ impl Delivery for RedisStore {
     ) -> StoreFuture<'a, Option<String>> {
         if end_many::batches(entry_id) {
             let item = end_many::sent(&self.keys, entry_id, key);
-            return async move { Ok(self.end_in_batch(item).await?.1) }.boxed();
+            return async move { Ok(self.batches.end(&self.conn, &self.keys, item).await?.1) }
+                .boxed();
         }
         async move {
             let mut c = self.conn.clone();
@@ -698,16 +639,7 @@ impl SendBudget for RedisStore {
             ],
         };
         async move {
-            let (why, wait) = self
-                .admits
-                .call(item, || {
-                    let (conn, keys) = (self.conn.clone(), self.keys.clone());
-                    run_with(move |items| {
-                        let (mut c, keys) = (conn.clone(), keys.clone());
-                        async move { bounded(redis_ops::admit_many(&mut c, &keys, items)).await }
-                    })
-                })
-                .await?;
+            let (why, wait) = self.batches.admit(&self.conn, &self.keys, item).await?;
             let wait = wait.max(0) as u64;
             Ok(match why {
                 0 => Admit::Go,

@@ -4,7 +4,7 @@
 
 use redis::Value;
 
-use super::{value_i64, RedisResult};
+use super::{answered_each, value_i64, RedisResult};
 use crate::keys::Keys;
 use crate::queue::scripts::scripts;
 
@@ -35,12 +35,7 @@ pub async fn admit_many(
         }
     }
     let flat: Vec<Value> = inv.invoke_async(conn).await?;
-    if flat.len() != 2 * n {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "admit_many answered a different number of items than it was given",
-        )));
-    }
+    answered_each(flat.len(), 2 * n, "admit_many")?;
     Ok(flat
         .chunks(2)
         .map(|c| (value_i64(&c[0]).unwrap_or(1), value_i64(&c[1]).unwrap_or(0)))

@@ -6,7 +6,7 @@
 
 use redis::Value;
 
-use super::{lane_stream, value_string, RedisResult};
+use super::{answered_each, lane_stream, value_string, RedisResult};
 use crate::envelope::Entry;
 use crate::keys::{self, Keys};
 use crate::queue::scripts::scripts;
@@ -107,12 +107,7 @@ pub async fn end_many(
         }
     }
     let flat: Vec<Value> = inv.invoke_async(conn).await?;
-    if flat.len() != 2 * n {
-        return Err(redis::RedisError::from((
-            redis::ErrorKind::UnexpectedReturnType,
-            "end_many answered a different number of items than it was given",
-        )));
-    }
+    answered_each(flat.len(), 2 * n, "end_many")?;
     Ok(flat
         .chunks(2)
         .map(|c| {

@@ -7,6 +7,7 @@
 //!   letters, failures, per-chat heads;
 //! - `end_many`: the same for many entries in one script call (group
 //!   commit);
+//! - `intake`: storing the ingress's updates, many per script call;
 //! - `budget`: the send budget, many sends per script call;
 //! - `depth`: backlog figures and the server's durability settings;
 //! - here: where an entry's keys live (lane, shard, home) and reply parsing.
@@ -39,11 +40,13 @@ mod depth;
 pub mod end_many;
 mod ending;
 mod group;
+mod intake;
 
 pub use budget::*;
 pub use depth::*;
 pub use ending::*;
 pub use group::*;
+pub use intake::*;
 
 /// The stream of a lane's shard (the fast lane has one, in shard 0's home).
 pub fn lane_stream(keys: &Keys, lane: Lane, shard: u16) -> String {
@@ -70,6 +73,19 @@ pub fn home_of(keys: &Keys, id: &str) -> Keys {
 fn stream_of_id<'a>(keys: &Keys, id: &'a str) -> (String, &'a str) {
     let (lane, shard, raw) = locate(id);
     (lane_stream(keys, lane, shard), raw)
+}
+
+/// A batch script's answer must hold one result per item it was given:
+/// anything else is a script and caller out of step, never guessed at.
+pub(crate) fn answered_each(got: usize, given: usize, script: &'static str) -> RedisResult<()> {
+    if got == given {
+        return Ok(());
+    }
+    Err(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "a batch script answered a different number of items than it was given",
+        format!("{script}: {got} answers for {given} items"),
+    )))
 }
 
 /// Redis refused a write because it is at its `maxmemory` limit.
