@@ -13,7 +13,8 @@ use serde_json::json;
 use shared::envelope::{probe, Enqueued, Entry};
 use shared::keys::Keys;
 use shared::queue::{
-    Admit, Budget, Completion, ConsumerGroup, Delivery, Intake, Lane, RedisStore, SendBudget,
+    Admit, Budget, Completion, ConsumerGroup, Delivery, Intake, Lane, RedisLayout, RedisStore,
+    SendBudget,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -223,4 +224,180 @@ async fn sends_budgeted_together_get_exactly_the_burst() {
         waits.iter().all(|w| (900_000..=1_000_000).contains(w)),
         "{waits:?}"
     );
+}
+
+/// Whether Redis has run (and so cached) a script: the way to tell which
+/// batch a call rode in.
+async fn script_ran(c: &mut redis::aio::MultiplexedConnection, script: &redis::Script) -> bool {
+    let known: Vec<bool> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(script.get_hash())
+        .query_async(c)
+        .await
+        .unwrap();
+    known == [true]
+}
+
+/// With one shard the budget shares the bot's home: sends asked while
+/// entries end ride in the ends' batches (`admit_many` never runs), and
+/// each caller still gets its own answer - every entry fresh once, exactly
+/// the burst of sends let through.
+#[tokio::test(flavor = "multi_thread")]
+async fn ends_and_sends_together_each_get_their_own_answer() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = Arc::new(RedisStore::open(&redis.url(), Keys::default()).unwrap());
+    tokio::time::timeout(T, store_pairs(&store)).await.unwrap();
+    store.join_group("w").await.unwrap();
+    let read = store
+        .read_new("w", Lane::Ordinary, 0, 100, 100)
+        .await
+        .unwrap();
+    assert_eq!(read.entries.len(), 30);
+    let budget = Budget {
+        paid: false,
+        chat_id: 7,
+        interval_us: 1_000_000,
+        tolerance_us: 4_000_000,
+        chat_interval_us: 0,
+        chat_tolerance_us: 0,
+    };
+    let finishes = read.entries.iter().cloned().map(|e: Entry| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let fresh = store.finish(&e, Completion::default()).await.unwrap().0;
+            (Some(fresh), None)
+        })
+    });
+    let asks = (0..25).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { (None, Some(store.admit(budget).await.unwrap())) })
+    });
+    let answers: Vec<(Option<bool>, Option<Admit>)> =
+        tokio::time::timeout(T, futures::future::join_all(finishes.chain(asks)))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+    let fresh = answers.iter().filter(|(f, _)| *f == Some(true)).count();
+    let go = answers
+        .iter()
+        .filter(|(_, a)| *a == Some(Admit::Go))
+        .count();
+    let waiting = answers
+        .iter()
+        .filter(|(_, a)| matches!(a, Some(Admit::Rate(us)) if (900_000..=1_000_000).contains(us)))
+        .count();
+    assert_eq!((fresh, go, waiting), (30, 5, 20), "{answers:?}");
+
+    let mut c = redis_conn(&redis).await;
+    let scripts = shared::queue::scripts::scripts();
+    assert!(script_ran(&mut c, &scripts.end_many).await);
+    assert!(
+        !script_ran(&mut c, &scripts.admit_many).await,
+        "sends were budgeted in a call of their own"
+    );
+    let handled: u64 = redis::cmd("HGET")
+        .arg(Keys::default().counters())
+        .arg("updates_handled")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(handled, 30);
+}
+
+/// With several shards the budget lives in another home than the bot's
+/// (another slot on a cluster): sends are budgeted in calls of their own,
+/// with the same answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_of_a_sharded_layout_are_budgeted_apart() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let layout = RedisLayout {
+        cluster: Some(false),
+        shards: 3,
+        ..RedisLayout::default()
+    };
+    let target = shared::redis_conn::Target::single(&redis.url());
+    let store = Arc::new(RedisStore::open_target(&target, Keys::default(), layout).unwrap());
+    let budget = Budget {
+        paid: false,
+        chat_id: -5,
+        interval_us: 1_000_000,
+        tolerance_us: 0,
+        chat_interval_us: 0,
+        chat_tolerance_us: 0,
+    };
+    let asks = (0..4).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move { store.admit(budget).await.unwrap() })
+    });
+    let answers: Vec<Admit> = tokio::time::timeout(T, futures::future::join_all(asks))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(
+        answers.iter().filter(|a| **a == Admit::Go).count(),
+        1,
+        "{answers:?}"
+    );
+    let mut c = redis_conn(&redis).await;
+    let scripts = shared::queue::scripts::scripts();
+    assert!(script_ran(&mut c, &scripts.admit_many).await);
+    assert!(!script_ran(&mut c, &scripts.end_many).await);
+}
+
+/// A chat's head asked right after the reply that held it went out (the
+/// park pass's question riding in the worker's batch) is the chat's next
+/// entry, with that entry's done bit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_head_asked_with_the_end_that_moves_it_sees_the_next_entry() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = Arc::new(RedisStore::open(&redis.url(), Keys::default()).unwrap());
+    for id in [1, 2] {
+        let raw = update(id, 42);
+        let p = probe(&raw).unwrap();
+        store.enqueue(&p, Lane::Ordinary, &raw).await.unwrap();
+    }
+    store.join_group("w").await.unwrap();
+    let read = store
+        .read_new("w", Lane::Ordinary, 0, 10, 100)
+        .await
+        .unwrap();
+    let [first, second] = &read.entries[..] else {
+        panic!("read {:?}", read.entries);
+    };
+    let kept = Completion {
+        reply: Some("{\"text\":\"hi\"}"),
+        reply_lease_until_ms: i64::MAX / 2,
+        ..Completion::default()
+    };
+    assert!(store.finish(first, kept).await.unwrap().0);
+    // The kept reply holds the chat: the first entry is still its head.
+    let chats = vec![(first.key.clone(), first.update_id)];
+    let before = store.heads(&chats).await.unwrap();
+    assert_eq!(before[0].entry.as_deref(), Some(first.id.as_str()));
+    assert!(before[0].asked_done);
+
+    let next = vec![(second.key.clone(), second.update_id)];
+    let (sent, after) = tokio::time::timeout(
+        T,
+        futures::future::join(
+            store.reply_sent(&first.id, &first.key),
+            store.heads(&next),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sent.unwrap().as_deref(), Some(second.id.as_str()));
+    let after = after.unwrap();
+    assert_eq!(after[0].entry.as_deref(), Some(second.id.as_str()));
+    assert!(!after[0].asked_done);
 }

@@ -8,10 +8,10 @@ use crate::keys::Keys;
 use crate::redis_conn::Conn;
 
 use super::group_commit::{run_with, GroupCommit};
-use super::redis_ops::end_many::{self, EndItem};
+use super::redis_ops::end_many::{self, EndAnswer, EndItem};
 use super::redis_ops::{self, AdmitItem, EnqueueItem};
 use super::redis_store::{bounded, connection_broke};
-use super::{StoreError, StoreResult};
+use super::{Head, StoreError, StoreResult};
 
 /// The most updates one `enqueue_many.lua` call stores: an ingress's
 /// whole burst of concurrent requests, while one call stays short.
@@ -19,8 +19,8 @@ const INTAKE_BATCH: usize = 128;
 /// Batches of updates stored at once: Telegram is waiting for each
 /// request's 200, so latency counts more here than on the worker's side.
 const INTAKE_PARALLEL: usize = 4;
-/// The most entries one `end_many.lua` call ends, or sends one
-/// `admit_many.lua` call budgets: enough to carry a worker's whole
+/// The most items (entries ended, sends budgeted) one `end_many.lua` or
+/// `admit_many.lua` call takes: enough to carry a worker's whole
 /// concurrency, small enough to keep one call short.
 const WORKER_BATCH: usize = 128;
 /// Worker-side batches at once: the next one gathers while one runs.
@@ -29,8 +29,10 @@ const WORKER_PARALLEL: usize = 2;
 pub(super) struct Batches {
     /// One per shard's home: a script call stays in one slot.
     intake: Vec<GroupCommit<EnqueueItem, Enqueued>>,
-    /// Finishes and sent replies of the bot's home.
-    ends: GroupCommit<EndItem, (bool, Option<String>)>,
+    /// Finishes and sent replies of the bot's home, and the sends'
+    /// budget checks when the budget lives there too.
+    ends: GroupCommit<EndItem, EndAnswer>,
+    /// The sends' budget checks when it lives in another home.
     admits: GroupCommit<AdmitItem, (i64, i64)>,
 }
 
@@ -80,6 +82,22 @@ impl Batches {
         keys: &Keys,
         item: EndItem,
     ) -> StoreResult<(bool, Option<String>)> {
+        match self.in_ends(conn, keys, item).await? {
+            EndAnswer::Ended { fresh, head } => Ok((fresh, head)),
+            _ => Err(StoreError::Batch("an end got another kind's answer")),
+        }
+    }
+
+    /// Asks a chat's head (of the bot's home) in the next batch, so the
+    /// park pass's question rides with the ends that moved the heads.
+    pub(super) async fn head(&self, conn: &Conn, keys: &Keys, item: EndItem) -> StoreResult<Head> {
+        match self.in_ends(conn, keys, item).await? {
+            EndAnswer::Head(h) => Ok(h),
+            _ => Err(StoreError::Batch("a head got another kind's answer")),
+        }
+    }
+
+    async fn in_ends(&self, conn: &Conn, keys: &Keys, item: EndItem) -> StoreResult<EndAnswer> {
         self.ends
             .call(item, || {
                 let (conn, keys) = (conn.clone(), keys.clone());
@@ -91,13 +109,21 @@ impl Batches {
             .await
     }
 
-    /// Asks the send budget in the next batch: (why, µs to wait).
+    /// Asks the send budget in the next batch: (why, µs to wait). With
+    /// one shard the budget shares the bot's home, and the check rides
+    /// with the worker's ends (one call for both instead of two).
     pub(super) async fn admit(
         &self,
         conn: &Conn,
         keys: &Keys,
         item: AdmitItem,
     ) -> StoreResult<(i64, i64)> {
+        if keys.shards() == 1 {
+            return match self.in_ends(conn, keys, end_many::admit(item)).await? {
+                EndAnswer::Admit { why, wait_us } => Ok((why, wait_us)),
+                _ => Err(StoreError::Batch("a send got another kind's answer")),
+            };
+        }
         self.admits
             .call(item, || {
                 let (conn, keys) = (conn.clone(), keys.clone());

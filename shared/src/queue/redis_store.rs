@@ -575,8 +575,18 @@ impl Delivery for RedisStore {
         .boxed()
     }
 
+    /// With one shard every chat's head is asked in the worker's batches
+    /// (riding with the ends that moved them); a sharded layout asks with
+    /// one pipeline per shard.
     fn heads<'a>(&'a self, chats: &'a [(String, i64)]) -> StoreFuture<'a, Vec<Head>> {
         async move {
+            if self.keys.shards() == 1 {
+                let asks = chats.iter().map(|(chat, update_id)| {
+                    let item = end_many::head(&self.keys, chat, *update_id);
+                    self.batches.head(&self.conn, &self.keys, item)
+                });
+                return futures::future::try_join_all(asks).await;
+            }
             let mut c = self.conn.clone();
             bounded(redis_ops::heads(&mut c, &self.keys, chats)).await
         }

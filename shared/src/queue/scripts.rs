@@ -3,7 +3,8 @@
 //! read (and its "free memory first" ordering checked) as Lua, not as a
 //! Rust string; its comments say what it guarantees and which KEYS and
 //! ARGV it takes. Every key a script touches comes in through KEYS, so
-//! each one names its keys with the caller's `REDIS_KEY_PREFIX`.
+//! each one names its keys with the caller's `REDIS_KEY_PREFIX`. Lua that
+//! two scripts share is a part under `lua/parts/`, put above each.
 
 use std::sync::LazyLock;
 
@@ -17,6 +18,9 @@ pub struct Scripts {
     /// bot's home, after `apply.lua`; the bot's home ends its entries in
     /// batches (`end_many`).
     pub finish: Script,
+    /// The bot's home's finishes and sent replies, many per call, and the
+    /// sends budgeted meanwhile when the budget shares the home
+    /// (`lua/end_many.lua`).
     pub end_many: Script,
     /// Its bot-wide half when its shard is elsewhere (`lua/apply.lua`).
     pub apply: Script,
@@ -27,8 +31,8 @@ pub struct Scripts {
     pub heal_head: Script,
     pub lease: Script,
     pub release: Script,
-    /// The shared send budget, GCRA, many sends per call
-    /// (`lua/admit_many.lua`).
+    /// The shared send budget, GCRA, many sends per call, where the budget
+    /// lives apart from the bot's home (`lua/admit_many.lua`).
     pub admit_many: Script,
     /// A 429's pause, for a chat or the bot (`lua/rate_limited.lua`).
     pub rate_limited: Script,
@@ -48,7 +52,7 @@ pub struct Scripts {
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     enqueue_many: Script::new(include_str!("lua/enqueue_many.lua")),
     finish: Script::new(include_str!("lua/finish.lua")),
-    end_many: Script::new(include_str!("lua/end_many.lua")),
+    end_many: with_budget(include_str!("lua/end_many.lua")),
     apply: Script::new(include_str!("lua/apply.lua")),
     dead_letter: Script::new(include_str!("lua/dead_letter.lua")),
     reply_sent: Script::new(include_str!("lua/reply_sent.lua")),
@@ -57,7 +61,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     heal_head: Script::new(include_str!("lua/heal_head.lua")),
     lease: Script::new(include_str!("lua/lease.lua")),
     release: Script::new(include_str!("lua/release.lua")),
-    admit_many: Script::new(include_str!("lua/admit_many.lua")),
+    admit_many: with_budget(include_str!("lua/admit_many.lua")),
     rate_limited: Script::new(include_str!("lua/rate_limited.lua")),
     delay_reply: Script::new(include_str!("lua/delay_reply.lua")),
     outbox_put: Script::new(include_str!("lua/outbox_put.lua")),
@@ -67,6 +71,12 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     broadcast_control: Script::new(include_str!("lua/broadcast_control.lua")),
     replay_dead: Script::new(include_str!("lua/replay_dead.lua")),
 });
+
+/// A script that budgets sends: the budget's Lua (`lua/parts/budget.lua`)
+/// above the script's own, so both scripts that budget run one copy of it.
+fn with_budget(script: &str) -> Script {
+    Script::new(&[include_str!("lua/parts/budget.lua"), script].concat())
+}
 
 /// The scripts, hashed once per process: invoking one sends its SHA
 /// (EVALSHA) and its source only when Redis does not know it yet.

@@ -1,81 +1,21 @@
--- The shared send budget, for many sends in one call, in order: each item
--- gets {0, 0} when it may go now (and is booked), else {why, µs to wait}:
--- 1 the rate, 2 the bot paused by Telegram (a bot-wide 429), 3 the chat
--- paused. Bookings made earlier in the batch count for later items,
--- exactly as if the calls had come one by one. GCRA: one timestamp per
--- key, no per-request bookkeeping. A pause is a key with a time to live
--- (rate_limited.lua sets it); it books nothing.
+-- The shared send budget for many sends in one call (the budget itself is
+-- parts/budget.lua, put above this by scripts.rs). Used when the budget's
+-- keys are in another slot than the bot's home (a sharded cluster);
+-- otherwise sends are budgeted inside end_many.lua's batches.
 --
 -- KEYS: bot pause, then per item: its pool (global or paid), its chat's
 -- timestamp, its chat's pause. ARGV per item: global interval µs, global
 -- tolerance µs, chat interval µs (0 = no chat limit), chat tolerance µs.
--- An interval of 0 books nothing (no limit): only the pauses are checked.
---
--- The booking opens with PEXPIRE: a full Redis (`noeviction`) refuses a
--- script only at a first write that can grow memory, and SET is one. The
--- budget must keep working then - every reply draws from it, and replies
--- finishing are what empty a full Redis - while its writes only replace a
--- timestamp or two.
-local n = #ARGV / 4
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local pb = redis.call('PTTL', KEYS[1])
-local tats, dirty = {}, {}
-local function tat_of(key)
-  local v = tats[key]
-  if v == nil then
-    v = tonumber(redis.call('GET', key) or '0')
-    tats[key] = v
-  end
-  if v < now then return now end
-  return v
-end
-local function book(key, v)
-  if not dirty[key] then
-    dirty[#dirty + 1] = key
-    dirty[key] = true
-  end
-  tats[key] = v
+-- Returns, per item, why (0 go and booked, 1 rate, 2 bot paused, 3 chat
+-- paused) and the µs to wait.
+local sends = {}
+for i = 0, #ARGV / 4 - 1 do
+  sends[i + 1] = { KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i],
+    ARGV[1 + 4 * i], ARGV[2 + 4 * i], ARGV[3 + 4 * i], ARGV[4 + 4 * i] }
 end
 local out = {}
-for i = 0, n - 1 do
-  local pool, chat, cpause = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
-  local gi, gt = tonumber(ARGV[1 + 4 * i]), tonumber(ARGV[2 + 4 * i])
-  local ci, ct = tonumber(ARGV[3 + 4 * i]), tonumber(ARGV[4 + 4 * i])
-  local why, wait = 0, 0
-  if pb > 0 then
-    why, wait = 2, pb * 1000
-  else
-    local pc = redis.call('PTTL', cpause)
-    if pc > 0 then
-      why, wait = 3, pc * 1000
-    elseif gi > 0 or ci > 0 then
-      local g, c = 0, 0
-      if gi > 0 then
-        g = tat_of(pool)
-        wait = g - gt - now
-      end
-      if ci > 0 then
-        c = tat_of(chat)
-        local w2 = c - ct - now
-        if w2 > wait then wait = w2 end
-      end
-      if wait > 0 then
-        why = 1
-      else
-        wait = 0
-        if gi > 0 then book(pool, g + gi) end
-        if ci > 0 then book(chat, c + ci) end
-      end
-    end
-  end
-  out[#out + 1] = why
-  out[#out + 1] = wait
-end
-for j, key in ipairs(dirty) do
-  local v = tats[key]
-  local ttl = math.floor((v - now) / 1000) + 1000
-  if j == 1 then redis.call('PEXPIRE', key, ttl) end
-  redis.call('SET', key, string.format('%d', v), 'PX', ttl)
+for _, r in ipairs(admit_sends(KEYS[1], sends)) do
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
 end
 return out

@@ -1,6 +1,10 @@
 -- Ends many entries in one call: what finish.lua does for an entry that
 -- completes and reply_sent.lua for a reply that went out, for every item
--- of a batch, in order, atomically. One call instead of one per entry is
+-- of a batch, in order, atomically - and, when the send budget lives in
+-- the same home (one shard), the budget checks of the sends that came
+-- meanwhile (parts/budget.lua, put above this by scripts.rs), so a
+-- worker's finishes, sent replies and sends share one call. A chat's head
+-- can be asked in the same call too (the park pass's question). One call instead of one per entry is
 -- what makes the queue's Redis cost per update small (a script call costs
 -- more than the commands inside it); commands that take many members
 -- (XACK, XDEL, HDEL, ZADD, ZREM, HINCRBY of the counters) run once for
@@ -13,7 +17,7 @@
 -- the memory.
 --
 -- KEYS: users:first_seen, users:last_seen, counters, failures, replies,
--- replies:due, users:blocked, then each item's keys.
+-- replies:due, users:blocked, the bot's pause, then each item's keys.
 -- ARGV: done TTL s, now ms, group, item count, then each item:
 --   'f' (finished): entry id, order key ('' = none), done bit, reply
 --       ('' = none), reply lease end ms, user id ('' = none), first_name,
@@ -21,15 +25,31 @@
 --       number of writes, then (op, field, value) per write.
 --       Keys: done bitmap, user, stream, order list, one kv hash per write.
 --   's' (reply sent): entry id, order key ('' = none). Keys: order list.
+--   'a' (a send to budget): global interval µs, global tolerance µs, chat
+--       interval µs, chat tolerance µs. Keys: pool, chat timestamp, chat
+--       pause.
+--   'h' (a chat's head): done bit of the update asked about. Keys: order
+--       list, done bitmap.
 -- Returns, per item, whether it was fresh (1/0; always 1 for 's') and its
--- chat's next entry id ('' = none).
+-- chat's next entry id ('' = none); for 'h', the done bit and the head
+-- ('' = none), as of its place in the batch; for 'a', why and the µs to
+-- wait (see parts/budget.lua). The budget is checked after the ends, so its writes
+-- come after the deletions.
 local ttl, now, group, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 
-local items = {}
-local a, k = 5, 8
+local items, sends = {}, {}
+local a, k = 5, 9
 for i = 1, n do
-  local it = { kind = ARGV[a], id = ARGV[a + 1], okey = ARGV[a + 2] }
-  if it.kind == 'f' then
+  local it = { kind = ARGV[a] }
+  if it.kind == 'a' then
+    sends[#sends + 1] = { KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4] }
+    it.send = #sends
+    a, k = a + 5, k + 3
+  elseif it.kind == 'h' then
+    it.order, it.done, it.bit = KEYS[k], KEYS[k + 1], ARGV[a + 1]
+    a, k = a + 2, k + 2
+  elseif it.kind == 'f' then
+    it.id, it.okey = ARGV[a + 1], ARGV[a + 2]
     it.bit, it.reply, it.lease = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
     it.uid, it.w = ARGV[a + 6], a + 7
     local nw = tonumber(ARGV[a + 12])
@@ -38,6 +58,7 @@ for i = 1, n do
     it.done, it.user, it.stream, it.order, it.wk = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], k + 4
     k = k + 4 + nw
   else
+    it.id, it.okey = ARGV[a + 1], ARGV[a + 2]
     a = a + 3
     it.order = KEYS[k]
     k = k + 1
@@ -49,7 +70,7 @@ end
 local streams, acks, failed, sent = {}, {}, {}, {}
 for i = 1, n do
   local it = items[i]
-  failed[#failed + 1] = it.id
+  if it.kind == 'f' or it.kind == 's' then failed[#failed + 1] = it.id end
   if it.kind == 'f' then
     local sid = string.match(it.id, "(%d+%-%d+)$") or it.id
     local l = acks[it.stream]
@@ -59,7 +80,7 @@ for i = 1, n do
       streams[#streams + 1] = it.stream
     end
     l[#l + 1] = sid
-  else
+  elseif it.kind == 's' then
     sent[#sent + 1] = it.id
   end
 end
@@ -71,7 +92,7 @@ if #sent > 0 then
   redis.call('HDEL', KEYS[5], unpack(sent))
   redis.call('ZREM', KEYS[6], unpack(sent))
 end
-redis.call('HDEL', KEYS[4], unpack(failed))
+if #failed > 0 then redis.call('HDEL', KEYS[4], unpack(failed)) end
 
 -- 2. Marks, records, writes, kept replies, order - item by item.
 local handled, dups = 0, 0
@@ -119,9 +140,12 @@ for i = 1, n do
       fresh = 0
       dups = dups + 1
     end
+  elseif it.kind == 'h' then
+    fresh = redis.call('GETBIT', it.done, it.bit)
+    head = redis.call('LINDEX', it.order, 0) or ''
   end
   -- A kept reply holds its chat until it is sent.
-  if not keep and it.okey ~= '' then
+  if (it.kind == 'f' or it.kind == 's') and not keep and it.okey ~= '' then
     redis.call('LREM', it.order, 1, it.id)
     head = redis.call('LINDEX', it.order, 0) or ''
   end
@@ -139,4 +163,16 @@ if #kept > 0 then
 end
 if handled > 0 then redis.call('HINCRBY', KEYS[3], 'updates_handled', handled) end
 if dups > 0 then redis.call('HINCRBY', KEYS[3], 'updates_deduplicated', dups) end
+
+-- 3. The sends' budget.
+if #sends > 0 then
+  local verdicts = admit_sends(KEYS[8], sends)
+  for i = 1, n do
+    local it = items[i]
+    if it.send then
+      out[2 * i - 1] = verdicts[it.send][1]
+      out[2 * i] = verdicts[it.send][2]
+    end
+  end
+end
 return out

@@ -2,15 +2,17 @@
 //! finishes and sent replies that arrive together ride in one batch (see
 //! `queue::group_commit`). Only entries whose keys share the bot's home
 //! (one server, or shard 0 of a sharded layout) batch: a shard in another
-//! slot needs its two-step finish.
+//! slot needs its two-step finish. When the send budget shares that home
+//! (one shard), sends are budgeted in the same batches: a worker's
+//! finishes, sent replies and sends cost one script call together.
 
 use redis::Value;
 
-use super::{answered_each, lane_stream, value_string, RedisResult};
+use super::{answered_each, lane_stream, value_i64, value_string, AdmitItem, RedisResult};
 use crate::envelope::Entry;
 use crate::keys::{self, Keys};
 use crate::queue::scripts::scripts;
-use crate::queue::{locate, Completion};
+use crate::queue::{locate, Completion, Head};
 
 /// One entry's end, owned so it can wait in a batch: its KEYS and ARGV
 /// as `end_many.lua` reads them.
@@ -18,6 +20,19 @@ use crate::queue::{locate, Completion};
 pub struct EndItem {
     keys: Vec<String>,
     args: Vec<String>,
+}
+
+/// One item's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndAnswer {
+    /// A finish or sent reply: whether the update was fresh, and its
+    /// chat's next entry.
+    Ended { fresh: bool, head: Option<String> },
+    /// A send's budget check: why it may not go yet (0 = go, booked) and
+    /// the µs to wait.
+    Admit { why: i64, wait_us: i64 },
+    /// A chat's head, and whether the update asked about is done.
+    Head(Head),
 }
 
 /// Whether an entry's end may ride in a batch: its keys live in the bot's
@@ -78,13 +93,33 @@ pub fn sent(keys: &Keys, entry_id: &str, key: &str) -> EndItem {
     }
 }
 
-/// Runs one batch; per item, whether it was fresh and its chat's next
-/// entry id.
+/// A send to budget (what `admit_many` does for one).
+pub fn admit(item: AdmitItem) -> EndItem {
+    let mut args = Vec::with_capacity(5);
+    args.push("a".to_owned());
+    args.extend(item.args.iter().map(u64::to_string));
+    EndItem {
+        keys: item.keys.into(),
+        args,
+    }
+}
+
+/// A chat's head, with the done bit of the update that runs if it is
+/// the head (what `heads` asks per chat).
+pub fn head(keys: &Keys, chat: &str, update_id: i64) -> EndItem {
+    let done = keys.done(update_id);
+    EndItem {
+        keys: vec![keys.order(chat), done.key],
+        args: vec!["h".to_owned(), done.bit.to_string()],
+    }
+}
+
+/// Runs one batch; per item, its answer.
 pub async fn end_many(
     conn: &mut crate::redis_conn::Conn,
     keys: &Keys,
     items: Vec<EndItem>,
-) -> RedisResult<Vec<(bool, Option<String>)>> {
+) -> RedisResult<Vec<EndAnswer>> {
     let n = items.len();
     let mut inv = scripts().end_many.prepare_invoke();
     inv.key(keys.users_first_seen())
@@ -93,7 +128,8 @@ pub async fn end_many(
         .key(keys.failures())
         .key(keys.replies())
         .key(keys.replies_due())
-        .key(keys.users_blocked());
+        .key(keys.users_blocked())
+        .key(keys.pause_bot());
     inv.arg(keys::DONE_TTL_SECS)
         .arg(crate::envelope::now_ms())
         .arg(keys::GROUP)
@@ -110,10 +146,20 @@ pub async fn end_many(
     answered_each(flat.len(), 2 * n, "end_many")?;
     Ok(flat
         .chunks(2)
-        .map(|c| {
-            let fresh = matches!(c[0], Value::Int(1));
-            let head = value_string(&c[1]).filter(|h| !h.is_empty());
-            (fresh, head)
+        .zip(&items)
+        .map(|(c, item)| match item.args.first().map(String::as_str) {
+            Some("a") => EndAnswer::Admit {
+                why: value_i64(&c[0]).unwrap_or(1),
+                wait_us: value_i64(&c[1]).unwrap_or(0),
+            },
+            Some("h") => EndAnswer::Head(Head {
+                entry: value_string(&c[1]).filter(|h| !h.is_empty()),
+                asked_done: matches!(c[0], Value::Int(1)),
+            }),
+            _ => EndAnswer::Ended {
+                fresh: matches!(c[0], Value::Int(1)),
+                head: value_string(&c[1]).filter(|h| !h.is_empty()),
+            },
         })
         .collect())
 }
