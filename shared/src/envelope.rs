@@ -17,6 +17,9 @@ pub const F_UPDATE_ID: &str = "update_id";
 pub const F_RECEIVED_AT: &str = "received_at";
 pub const F_KEY: &str = "key";
 pub const F_UPDATE: &str = "update";
+/// Present (`1`) when the entry was its chat's first listed one when
+/// stored: it is the chat's head until it ends (`lua/enqueue_many.lua`).
+pub const F_FIRST: &str = "first";
 
 /// Why a request body is not an update. Each maps to a 400.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -295,6 +298,10 @@ pub struct Entry {
     pub key: String,
     pub update: Vec<u8>,
     pub lane: Lane,
+    /// Stored when its chat had no other entry waiting: its chat's head
+    /// until it ends, so a first delivery needs no head lookup (and, the
+    /// ingress storing each update once, no dedupe lookup either).
+    pub first_in_chat: bool,
 }
 
 impl Entry {
@@ -320,6 +327,7 @@ impl Entry {
             key: text(F_KEY)
                 .and_then(|k| String::from_utf8(k).ok())
                 .unwrap_or_default(),
+            first_in_chat: text(F_FIRST).is_some_and(|f| f == b"1"),
             update,
             id,
             lane: Lane::Ordinary,

@@ -389,10 +389,7 @@ async fn a_head_asked_with_the_end_that_moves_it_sees_the_next_entry() {
     let next = vec![(second.key.clone(), second.update_id)];
     let (sent, after) = tokio::time::timeout(
         T,
-        futures::future::join(
-            store.reply_sent(&first.id, &first.key),
-            store.heads(&next),
-        ),
+        futures::future::join(store.reply_sent(&first.id, &first.key), store.heads(&next)),
     )
     .await
     .unwrap();
@@ -400,4 +397,131 @@ async fn a_head_asked_with_the_end_that_moves_it_sees_the_next_entry() {
     let after = after.unwrap();
     assert_eq!(after[0].entry.as_deref(), Some(second.id.as_str()));
     assert!(!after[0].asked_done);
+}
+
+/// The completion of an answered update asks the budget for its reply's
+/// first send in the same batch: the answer comes back with the finish and
+/// the send is booked (the next one waits), exactly as if asked apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_finish_asks_the_budget_for_its_reply_in_the_same_call() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = Arc::new(RedisStore::open(&redis.url(), Keys::default()).unwrap());
+    for id in [1, 2] {
+        let raw = update(id, 40 + id);
+        let p = probe(&raw).unwrap();
+        store.enqueue(&p, Lane::Ordinary, &raw).await.unwrap();
+    }
+    store.join_group("w").await.unwrap();
+    let read = store
+        .read_new("w", Lane::Ordinary, 0, 10, 100)
+        .await
+        .unwrap();
+    let budget = Budget {
+        paid: false,
+        chat_id: 41,
+        interval_us: 1_000_000,
+        tolerance_us: 0,
+        chat_interval_us: 0,
+        chat_tolerance_us: 0,
+    };
+    let kept = Completion {
+        reply: Some("{\"text\":\"hi\"}"),
+        reply_lease_until_ms: i64::MAX / 2,
+        ..Completion::default()
+    };
+    let (fresh, _, admitted) = store
+        .finish_admitting(&read.entries[0], kept, Some(budget))
+        .await
+        .unwrap();
+    assert!(fresh);
+    assert_eq!(admitted, Some(Admit::Go));
+    // The first send was booked: the next one waits about a second.
+    let (fresh, _, admitted) = store
+        .finish_admitting(&read.entries[1], kept, Some(budget))
+        .await
+        .unwrap();
+    assert!(fresh);
+    assert!(
+        matches!(admitted, Some(Admit::Rate(us)) if (900_000..=1_000_000).contains(&us)),
+        "{admitted:?}"
+    );
+    // Without a send to ask about, nothing is asked.
+    let (fresh, _, admitted) = store
+        .finish_admitting(&read.entries[1], Completion::default(), None)
+        .await
+        .unwrap();
+    assert!(!fresh);
+    assert_eq!(admitted, None);
+    let mut c = redis_conn(&redis).await;
+    assert!(!script_ran(&mut c, &shared::queue::scripts::scripts().admit_many).await);
+}
+
+/// An update stored while its chat has no other entry waiting is marked
+/// its chat's first (the worker runs it without asking for the head); one
+/// stored behind another is not, nor is one of a chat whose earlier entry
+/// is still listed - also when both arrive in one batch.
+#[tokio::test(flavor = "multi_thread")]
+async fn updates_stored_first_in_their_chat_are_marked() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = Arc::new(RedisStore::open(&redis.url(), Keys::default()).unwrap());
+    let stored = [(1, 50), (2, 50), (3, 51)].map(|(id, chat)| {
+        let store = store.clone();
+        async move {
+            let raw = update(id, chat);
+            let p = probe(&raw).unwrap();
+            store.enqueue(&p, Lane::Ordinary, &raw).await.unwrap()
+        }
+    });
+    tokio::time::timeout(T, futures::future::join_all(stored))
+        .await
+        .unwrap();
+    store.join_group("w").await.unwrap();
+    let read = store
+        .read_new("w", Lane::Ordinary, 0, 10, 100)
+        .await
+        .unwrap();
+    let flags: Vec<(i64, bool)> = read
+        .entries
+        .iter()
+        .map(|e| (e.update_id, e.first_in_chat))
+        .collect();
+    assert_eq!(flags, [(1, true), (2, false), (3, true)]);
+
+    // Chat 50's first entry ends; its second is still listed, so a new
+    // update of chat 50 is not first either. Once the chat is empty, the
+    // next one is.
+    store
+        .finish(&read.entries[0], Completion::default())
+        .await
+        .unwrap();
+    for id in [4, 5] {
+        let raw = update(id, 50);
+        let p = probe(&raw).unwrap();
+        store.enqueue(&p, Lane::Ordinary, &raw).await.unwrap();
+        if id == 4 {
+            let next = store
+                .read_new("w", Lane::Ordinary, 0, 10, 100)
+                .await
+                .unwrap();
+            assert!(!next.entries[0].first_in_chat);
+            store
+                .finish(&read.entries[1], Completion::default())
+                .await
+                .unwrap();
+            store
+                .finish(&next.entries[0], Completion::default())
+                .await
+                .unwrap();
+        }
+    }
+    let last = store
+        .read_new("w", Lane::Ordinary, 0, 10, 100)
+        .await
+        .unwrap();
+    assert_eq!(last.entries[0].update_id, 5);
+    assert!(last.entries[0].first_in_chat);
 }

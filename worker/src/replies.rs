@@ -17,7 +17,8 @@ use tracing::{info, warn};
 use crate::dispatch::{Handled, Outcome};
 use crate::metrics::Metrics;
 use crate::reply::Call;
-use crate::sender::{Priority, SendError, Sender};
+use crate::sender::{self, Priority, SendError, Sender};
+use shared::queue::{Admit, Budget};
 
 /// A reply kept in the store until sent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +99,21 @@ impl Kept {
         }
     }
 
+    /// The budget the next call draws from; `None` for an answer to a
+    /// query (it draws nothing) or when nothing is left to send.
+    pub fn next_budget(&self, sender: &Sender) -> Option<Budget> {
+        let call = self.calls.get(self.sent)?;
+        if sender::is_answer(&call.method) {
+            return None;
+        }
+        let chat_id = call
+            .params
+            .get("chat_id")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0);
+        Some(sender.budget(chat_id, self.priority()))
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
     }
@@ -113,12 +129,25 @@ pub enum Pass {
     Wait(std::time::Duration),
 }
 
-/// Sends the calls not sent yet, in order.
-pub async fn send(sender: &Sender, metrics: &Metrics, kept: &mut Kept) -> Pass {
+/// Sends the calls not sent yet, in order. `admitted`: the budget's
+/// answer for the next call, already asked.
+pub async fn send(
+    sender: &Sender,
+    metrics: &Metrics,
+    kept: &mut Kept,
+    mut admitted: Option<Admit>,
+) -> Pass {
     while kept.sent < kept.calls.len() {
         let call = &kept.calls[kept.sent];
+        let priority = kept.priority();
         match sender
-            .send(&call.method, call.params.clone(), metrics, kept.priority())
+            .send_admitted(
+                &call.method,
+                call.params.clone(),
+                metrics,
+                priority,
+                admitted.take(),
+            )
             .await
         {
             Ok(_) => kept.sent += 1,

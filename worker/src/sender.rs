@@ -92,8 +92,9 @@ fn scope_label(s: Scope) -> &'static str {
     }
 }
 
-/// Methods that answer a query rather than send a message.
-fn is_answer(method: &str) -> bool {
+/// Methods that answer a query rather than send a message: they draw
+/// nothing from the budget.
+pub fn is_answer(method: &str) -> bool {
     method.starts_with("answer")
 }
 
@@ -148,9 +149,8 @@ impl Sender {
         }
     }
 
-    /// Waits until the shared budget allows one message to `chat_id`, or
-    /// says how long a pause Telegram asked for still lasts.
-    async fn admit(&self, chat_id: i64, priority: Priority) -> Result<(), SendError> {
+    /// The budget one message to `chat_id` draws from, at `priority`.
+    pub fn budget(&self, chat_id: i64, priority: Priority) -> Budget {
         // Unlimited rate: still one check, for Telegram's pauses.
         let interval = match self.rate {
             0 => 0,
@@ -166,16 +166,33 @@ impl Sender {
         } else {
             (0, 0)
         };
-        let budget = Budget {
+        Budget {
             paid: self.paid,
             chat_id,
             interval_us: interval,
             tolerance_us: interval * (burst - 1),
             chat_interval_us,
             chat_tolerance_us,
-        };
+        }
+    }
+
+    /// Waits until the shared budget allows one message to `chat_id`, or
+    /// says how long a pause Telegram asked for still lasts. `asked`: the
+    /// budget's answer already given (asked together with the reply's
+    /// completion), taken as the first answer.
+    async fn admit(
+        &self,
+        chat_id: i64,
+        priority: Priority,
+        mut asked: Option<Admit>,
+    ) -> Result<(), SendError> {
+        let budget = self.budget(chat_id, priority);
         loop {
-            let (wait_us, scope) = match self.store.admit(budget).await {
+            let answer = match asked.take() {
+                Some(a) => Ok(a),
+                None => self.store.admit(budget).await,
+            };
+            let (wait_us, scope) = match answer {
                 Ok(Admit::Go) => return Ok(()),
                 Ok(Admit::Rate(us)) => {
                     tokio::time::sleep(Duration::from_micros(us)).await;
@@ -207,9 +224,23 @@ impl Sender {
     pub async fn send(
         &self,
         method: &str,
+        params: Value,
+        metrics: &Metrics,
+        priority: Priority,
+    ) -> Result<Value, SendError> {
+        self.send_admitted(method, params, metrics, priority, None)
+            .await
+    }
+
+    /// [`Sender::send`], with the budget's answer for this message already
+    /// asked (see `Delivery::finish_admitting`); `None`: ask it here.
+    pub async fn send_admitted(
+        &self,
+        method: &str,
         mut params: Value,
         metrics: &Metrics,
         priority: Priority,
+        mut admitted: Option<Admit>,
     ) -> Result<Value, SendError> {
         if self.paid {
             params["allow_paid_broadcast"] = Value::Bool(true);
@@ -219,7 +250,7 @@ impl Sender {
         let mut migrated = false;
         loop {
             if !is_answer(method) {
-                self.admit(chat_id, priority).await?;
+                self.admit(chat_id, priority, admitted.take()).await?;
             }
             match self
                 .api

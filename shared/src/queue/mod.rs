@@ -354,6 +354,24 @@ pub trait Delivery: Send + Sync {
         entry: &'a Entry,
         done: Completion<'a>,
     ) -> StoreFuture<'a, (bool, Option<String>)>;
+    /// [`Delivery::finish`], and the send budget asked for the kept
+    /// reply's first message in the same step where the store can (one
+    /// round trip instead of two, on the path every answered update
+    /// takes). `None` in the answer: not asked, the sender asks itself (the
+    /// default). The send is booked even when the update turns out to be
+    /// a duplicate, which costs the budget one unused send in that rare
+    /// case.
+    fn finish_admitting<'a>(
+        &'a self,
+        entry: &'a Entry,
+        done: Completion<'a>,
+        _first_send: Option<Budget>,
+    ) -> StoreFuture<'a, (bool, Option<String>, Option<Admit>)> {
+        Box::pin(async move {
+            let (fresh, head) = self.finish(entry, done).await?;
+            Ok((fresh, head, None))
+        })
+    }
     /// The reply kept for `entry_id` went out (or ended for good): forget it
     /// and let its chat go on. Returns the chat's next entry id.
     fn reply_sent<'a>(&'a self, entry_id: &'a str, key: &'a str)

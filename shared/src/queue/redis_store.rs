@@ -480,6 +480,32 @@ impl Delivery for RedisStore {
         .boxed()
     }
 
+    /// With one shard the budget shares the bot's home: the finish and the
+    /// budget check are put in the same batch (enqueued together, so they
+    /// leave in one call).
+    fn finish_admitting<'a>(
+        &'a self,
+        entry: &'a Entry,
+        done: Completion<'a>,
+        first_send: Option<Budget>,
+    ) -> StoreFuture<'a, (bool, Option<String>, Option<Admit>)> {
+        let together = self.keys.shards() == 1 && end_many::batches(&entry.id);
+        match first_send.filter(|_| together) {
+            Some(budget) => async move {
+                let ask = self.admit(budget);
+                let (ended, admitted) = futures::future::join(self.finish(entry, done), ask).await;
+                let (fresh, head) = ended?;
+                Ok((fresh, head, admitted.ok()))
+            }
+            .boxed(),
+            None => async move {
+                let (fresh, head) = self.finish(entry, done).await?;
+                Ok((fresh, head, None))
+            }
+            .boxed(),
+        }
+    }
+
     fn reply_sent<'a>(
         &'a self,
         entry_id: &'a str,

@@ -10,7 +10,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn};
 
 use shared::envelope::{now_ms, Entry};
-use shared::queue::{Completion, DeadLetterRequest};
+use shared::queue::{Admit, Budget, Completion, DeadLetterRequest};
 use shared::signals::Backoff;
 
 use shared::queue::Lane;
@@ -109,7 +109,12 @@ impl Consumer {
                         reply: body.as_deref(),
                         reply_lease_until_ms: self.lease_end(),
                     };
-                    if !self.finish(&entry, completion).await.0 {
+                    // The reply's first send asks the budget in the same
+                    // step as the completion.
+                    let first_send = kept.as_ref().and_then(|k| k.next_budget(&self.sender));
+                    let (fresh, admitted) =
+                        self.finish_admitting(&entry, completion, first_send).await;
+                    if !fresh {
                         self.metrics.deduplicated.inc();
                         info!(
                             "update was handled meanwhile by another delivery; not counted twice"
@@ -118,7 +123,10 @@ impl Consumer {
                     }
                     let outcome = match kept {
                         None => Some(Outcome::Counted),
-                        Some(mut kept) => self.send_kept(&entry.id, &mut kept, &mut permit).await,
+                        Some(mut kept) => {
+                            self.send_kept(&entry.id, &mut kept, &mut permit, admitted)
+                                .await
+                        }
                     };
                     if let Some(outcome) = outcome {
                         self.metrics.handled(outcome.label());
@@ -196,6 +204,22 @@ impl Consumer {
         until_stored("mark the update handled", || self.store.finish(entry, done)).await
     }
 
+    /// [`Consumer::finish`], asking the budget for the reply's first send
+    /// in the same step; returns whether the update was fresh and the
+    /// budget's answer, if asked.
+    async fn finish_admitting(
+        &self,
+        entry: &Entry,
+        done: Completion<'_>,
+        first_send: Option<Budget>,
+    ) -> (bool, Option<Admit>) {
+        let (fresh, _, admitted) = until_stored("mark the update handled", || {
+            self.store.finish_admitting(entry, done, first_send)
+        })
+        .await;
+        (fresh, admitted)
+    }
+
     pub(super) async fn dead_letter(&self, entry: &Entry, reason: &str, deliveries: u64) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let request = DeadLetterRequest {
@@ -249,7 +273,8 @@ impl Consumer {
         now_ms() + self.settings.claim_idle.as_millis() as i64
     }
 
-    /// Sends a kept reply, retrying what Telegram failed (5xx, network
+    /// Sends a kept reply (`admitted`: the budget's answer for its next
+    /// send, already asked), retrying what Telegram failed (5xx, network
     /// after the sender's own retries) up to `WORKER_MAX_DELIVERIES` times
     /// with the slot freed between tries; then forgets it. `None` when it
     /// was dead-lettered.
@@ -263,6 +288,7 @@ impl Consumer {
         id: &str,
         kept: &mut Kept,
         permit: &mut Option<OwnedSemaphorePermit>,
+        mut admitted: Option<Admit>,
     ) -> Option<Outcome> {
         let lane = if kept.urgent {
             Lane::Fast
@@ -270,8 +296,12 @@ impl Consumer {
             Lane::Ordinary
         };
         loop {
-            match replies::send(&self.sender, &self.metrics, kept).await {
+            match replies::send(&self.sender, &self.metrics, kept, admitted.take()).await {
                 Pass::Ended(outcome) => {
+                    // Handled and answered: what is left is bookkeeping,
+                    // which needs no handler slot (the chat still waits
+                    // for it, and the entry stays in flight until done).
+                    drop(permit.take());
                     if kept.blocked {
                         self.blocked(kept.chat_id).await;
                     }

@@ -339,7 +339,7 @@ impl Consumer {
                     }
                     for entry in entries {
                         let hold = permits.pop();
-                        self.dispatch(entry, hold);
+                        self.dispatch(entry, hold, true);
                     }
                 }
                 Err(e) if e.is_nogroup() => {
@@ -364,12 +364,22 @@ impl Consumer {
 
     /// Decides when an entry runs: at once, or (per-chat order) once it is
     /// the head of its chat. The single place where order is decided.
-    fn dispatch(self: &Arc<Self>, entry: Entry, hold: Hold) {
+    ///
+    /// `first_delivery`: read new, not reclaimed. Such an entry stored as
+    /// its chat's first ([`Entry::first_in_chat`]) is the head and not
+    /// handled yet - the ingress stores an update once, and only its own
+    /// entry could mark it handled - so it runs at once, asking nothing.
+    /// A reclaimed one may have been handled by the worker that died, and
+    /// takes the usual way.
+    fn dispatch(self: &Arc<Self>, entry: Entry, hold: Hold, first_delivery: bool) {
         if let Ok(mut s) = self.inflight.lock() {
             s.insert(entry.id.clone());
         }
         if !self.settings.per_chat_order || entry.key.is_empty() {
             return self.start(entry, hold, None);
+        }
+        if first_delivery && entry.first_in_chat {
+            return self.start(entry, hold, Some(false));
         }
         if let Ok(mut p) = self.parked.lock() {
             p.by_key

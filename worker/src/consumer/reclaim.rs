@@ -135,7 +135,7 @@ impl Consumer {
                             continue;
                         }
                         info!(update_id = entry.update_id, entry = %entry.id, delivered, "reclaimed an entry from a dead or stalled consumer");
-                        self.dispatch(entry, None);
+                        self.dispatch(entry, None, false);
                     }
                 }
                 if next == "0-0" {
@@ -261,7 +261,8 @@ impl Consumer {
                         Lane::Ordinary
                     };
                     let mut permit = this.slots(lane).acquire_owned().await.ok();
-                    if let Some(outcome) = this.send_kept(&o.id, &mut kept, &mut permit).await {
+                    if let Some(outcome) = this.send_kept(&o.id, &mut kept, &mut permit, None).await
+                    {
                         if kept.outbound {
                             this.metrics.outbound(outcome.label());
                         } else {

@@ -10,6 +10,10 @@
 -- shard (lane.rs; the order list holds entry ids), the number of field
 -- args, then the entry's `field value ...` list, written as given (its
 -- layout is defined once, in envelope.rs `NewEntry`).
+-- An entry its conversation's list was empty for is written with one more
+-- field, `first` = 1: it is its chat's head from now until it ends (a
+-- head leaves the list only by ending), so the worker that reads it first
+-- can run it without asking for the head.
 -- Returns per item the new entry's stream id, or '' for a duplicate.
 local ttl = ARGV[1]
 local out = {}
@@ -24,8 +28,17 @@ for i = 1, #KEYS / 3 do
       redis.call('EXPIRE', seen, ttl)
       expiring[seen] = true
     end
-    id = redis.call('XADD', stream, '*', unpack(ARGV, a + 4, a + 3 + nf))
-    if ARGV[a + 1] ~= '' then redis.call('RPUSH', order, ARGV[a + 2] .. id) end
+    if ARGV[a + 1] ~= '' then
+      local fields = { unpack(ARGV, a + 4, a + 3 + nf) }
+      if redis.call('LLEN', order) == 0 then
+        fields[#fields + 1] = 'first'
+        fields[#fields + 1] = '1'
+      end
+      id = redis.call('XADD', stream, '*', unpack(fields))
+      redis.call('RPUSH', order, ARGV[a + 2] .. id)
+    else
+      id = redis.call('XADD', stream, '*', unpack(ARGV, a + 4, a + 3 + nf))
+    end
   end
   out[i] = id
   a = a + 4 + nf

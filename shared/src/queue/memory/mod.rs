@@ -258,11 +258,11 @@ impl Intake for MemoryStore {
             if lane == Lane::Fast {
                 s.fast_new.insert(id);
             }
+            let mut first_in_chat = false;
             if !key.is_empty() {
-                s.order
-                    .entry(key.clone())
-                    .or_default()
-                    .push_back(ids.clone());
+                let list = s.order.entry(key.clone()).or_default();
+                first_in_chat = list.is_empty();
+                list.push_back(ids.clone());
             }
             s.stream.insert(
                 id,
@@ -273,6 +273,7 @@ impl Intake for MemoryStore {
                     key,
                     update: raw.to_vec(),
                     lane,
+                    first_in_chat,
                 },
             );
             Enqueued::Stored(ids)
