@@ -379,7 +379,16 @@ async fn a_head_asked_with_the_end_that_moves_it_sees_the_next_entry() {
         reply_lease_until_ms: i64::MAX / 2,
         ..Completion::default()
     };
+    let (done_first, done_second) = futures::future::join(
+        store.is_done(&first.id, first.update_id),
+        store.is_done(&second.id, second.update_id),
+    )
+    .await;
+    assert!(!done_first.unwrap() && !done_second.unwrap());
     assert!(store.finish(first, kept).await.unwrap().0);
+    // Asked in the worker's batches, the dedupe check sees the finish.
+    assert!(store.is_done(&first.id, first.update_id).await.unwrap());
+    assert!(!store.is_done(&second.id, second.update_id).await.unwrap());
     // The kept reply holds the chat: the first entry is still its head.
     let chats = vec![(first.key.clone(), first.update_id)];
     let before = store.heads(&chats).await.unwrap();

@@ -88,6 +88,17 @@ impl Batches {
         }
     }
 
+    /// Asks whether an update (of the bot's home) is handled, in the next
+    /// batch.
+    pub(super) async fn done(&self, conn: &Conn, keys: &Keys, item: EndItem) -> StoreResult<bool> {
+        match self.in_ends(conn, keys, item).await? {
+            EndAnswer::Done(d) => Ok(d),
+            _ => Err(StoreError::Batch(
+                "a dedupe check got another kind's answer",
+            )),
+        }
+    }
+
     /// Asks a chat's head (of the bot's home) in the next batch, so the
     /// park pass's question rides with the ends that moved the heads.
     pub(super) async fn head(&self, conn: &Conn, keys: &Keys, item: EndItem) -> StoreResult<Head> {

@@ -457,6 +457,10 @@ impl ConsumerGroup for RedisStore {
 
 impl Delivery for RedisStore {
     fn is_done<'a>(&'a self, entry_id: &'a str, update_id: i64) -> StoreFuture<'a, bool> {
+        if end_many::batches(entry_id) {
+            let item = end_many::done(&self.keys, update_id);
+            return self.batches.done(&self.conn, &self.keys, item).boxed();
+        }
         async move {
             let mut c = self.conn.clone();
             bounded(redis_ops::is_done(&mut c, &self.keys, entry_id, update_id)).await

@@ -4,7 +4,8 @@
 -- the same home (one shard), the budget checks of the sends that came
 -- meanwhile (parts/budget.lua, put above this by scripts.rs), so a
 -- worker's finishes, sent replies and sends share one call. A chat's head
--- can be asked in the same call too (the park pass's question). One call instead of one per entry is
+-- and whether an update is handled can be asked in the same call too (the
+-- park pass's and the dedupe check's questions). One call instead of one per entry is
 -- what makes the queue's Redis cost per update small (a script call costs
 -- more than the commands inside it); commands that take many members
 -- (XACK, XDEL, HDEL, ZADD, ZREM, HINCRBY of the counters) run once for
@@ -30,9 +31,10 @@
 --       pause.
 --   'h' (a chat's head): done bit of the update asked about. Keys: order
 --       list, done bitmap.
+--   'd' (whether an update is handled): its done bit. Keys: done bitmap.
 -- Returns, per item, whether it was fresh (1/0; always 1 for 's') and its
 -- chat's next entry id ('' = none); for 'h', the done bit and the head
--- ('' = none), as of its place in the batch; for 'a', why and the µs to
+-- ('' = none), as of its place in the batch; for 'd', the done bit and ''; for 'a', why and the µs to
 -- wait (see parts/budget.lua). The budget is checked after the ends, so its writes
 -- come after the deletions.
 local ttl, now, group, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -48,6 +50,9 @@ for i = 1, n do
   elseif it.kind == 'h' then
     it.order, it.done, it.bit = KEYS[k], KEYS[k + 1], ARGV[a + 1]
     a, k = a + 2, k + 2
+  elseif it.kind == 'd' then
+    it.done, it.bit = KEYS[k], ARGV[a + 1]
+    a, k = a + 2, k + 1
   elseif it.kind == 'f' then
     it.id, it.okey = ARGV[a + 1], ARGV[a + 2]
     it.bit, it.reply, it.lease = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
@@ -143,6 +148,8 @@ for i = 1, n do
   elseif it.kind == 'h' then
     fresh = redis.call('GETBIT', it.done, it.bit)
     head = redis.call('LINDEX', it.order, 0) or ''
+  elseif it.kind == 'd' then
+    fresh = redis.call('GETBIT', it.done, it.bit)
   end
   -- A kept reply holds its chat until it is sent.
   if (it.kind == 'f' or it.kind == 's') and not keep and it.okey ~= '' then

@@ -33,6 +33,8 @@ pub enum EndAnswer {
     Admit { why: i64, wait_us: i64 },
     /// A chat's head, and whether the update asked about is done.
     Head(Head),
+    /// Whether an update is handled.
+    Done(bool),
 }
 
 /// Whether an entry's end may ride in a batch: its keys live in the bot's
@@ -114,6 +116,16 @@ pub fn head(keys: &Keys, chat: &str, update_id: i64) -> EndItem {
     }
 }
 
+/// Whether the update of an entry of the bot's home is handled (what
+/// `is_done` asks).
+pub fn done(keys: &Keys, update_id: i64) -> EndItem {
+    let done = keys.done(update_id);
+    EndItem {
+        keys: vec![done.key],
+        args: vec!["d".to_owned(), done.bit.to_string()],
+    }
+}
+
 /// Runs one batch; per item, its answer.
 pub async fn end_many(
     conn: &mut crate::redis_conn::Conn,
@@ -152,6 +164,7 @@ pub async fn end_many(
                 why: value_i64(&c[0]).unwrap_or(1),
                 wait_us: value_i64(&c[1]).unwrap_or(0),
             },
+            Some("d") => EndAnswer::Done(matches!(c[0], Value::Int(1))),
             Some("h") => EndAnswer::Head(Head {
                 entry: value_string(&c[1]).filter(|h| !h.is_empty()),
                 asked_done: matches!(c[0], Value::Int(1)),
