@@ -130,7 +130,10 @@ impl Batches {
         item: AdmitItem,
     ) -> StoreResult<(i64, i64)> {
         if keys.shards() == 1 {
-            return match self.in_ends(conn, keys, end_many::admit(item)).await? {
+            return match self
+                .in_ends(conn, keys, end_many::admit(keys, item))
+                .await?
+            {
                 EndAnswer::Admit { why, wait_us } => Ok((why, wait_us)),
                 _ => Err(StoreError::Batch("a send got another kind's answer")),
             };

@@ -18,7 +18,9 @@
 -- the memory.
 --
 -- KEYS: users:first_seen, users:last_seen, counters, failures, replies,
--- replies:due, users:blocked, the bot's pause, then each item's keys.
+-- replies:due, users:blocked, then each item's keys. (The bot's pause
+-- comes with the sends, so a batch without sends touches no key of the
+-- budget's home - on a sharded cluster another slot.)
 -- ARGV: done TTL s, now ms, group, item count, then each item:
 --   'f' (finished): entry id, order key ('' = none), done bit, reply
 --       ('' = none), reply lease end ms, user id ('' = none), first_name,
@@ -27,8 +29,8 @@
 --       Keys: done bitmap, user, stream, order list, one kv hash per write.
 --   's' (reply sent): entry id, order key ('' = none). Keys: order list.
 --   'a' (a send to budget): global interval µs, global tolerance µs, chat
---       interval µs, chat tolerance µs. Keys: pool, chat timestamp, chat
---       pause.
+--       interval µs, chat tolerance µs. Keys: the bot's pause, pool, chat
+--       timestamp, chat pause.
 --   'h' (a chat's head): done bit of the update asked about. Keys: order
 --       list, done bitmap.
 --   'd' (whether an update is handled): its done bit. Keys: done bitmap.
@@ -40,13 +42,15 @@
 local ttl, now, group, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 
 local items, sends = {}, {}
-local a, k = 5, 9
+local pause_bot
+local a, k = 5, 8
 for i = 1, n do
   local it = { kind = ARGV[a] }
   if it.kind == 'a' then
-    sends[#sends + 1] = { KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4] }
+    pause_bot = KEYS[k]
+    sends[#sends + 1] = { KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4] }
     it.send = #sends
-    a, k = a + 5, k + 3
+    a, k = a + 5, k + 4
   elseif it.kind == 'h' then
     it.order, it.done, it.bit = KEYS[k], KEYS[k + 1], ARGV[a + 1]
     a, k = a + 2, k + 2
@@ -173,7 +177,7 @@ if dups > 0 then redis.call('HINCRBY', KEYS[3], 'updates_deduplicated', dups) en
 
 -- 3. The sends' budget.
 if #sends > 0 then
-  local verdicts = admit_sends(KEYS[8], sends)
+  local verdicts = admit_sends(pause_bot, sends)
   for i = 1, n do
     local it = items[i]
     if it.send then

@@ -95,15 +95,16 @@ pub fn sent(keys: &Keys, entry_id: &str, key: &str) -> EndItem {
     }
 }
 
-/// A send to budget (what `admit_many` does for one).
-pub fn admit(item: AdmitItem) -> EndItem {
+/// A send to budget (what `admit_many` does for one). Only where the
+/// budget shares the bot's home: its keys go in the same call.
+pub fn admit(keys: &Keys, item: AdmitItem) -> EndItem {
     let mut args = Vec::with_capacity(5);
     args.push("a".to_owned());
     args.extend(item.args.iter().map(u64::to_string));
-    EndItem {
-        keys: item.keys.into(),
-        args,
-    }
+    let mut all = Vec::with_capacity(4);
+    all.push(keys.pause_bot());
+    all.extend(item.keys);
+    EndItem { keys: all, args }
 }
 
 /// A chat's head, with the done bit of the update that runs if it is
@@ -140,8 +141,7 @@ pub async fn end_many(
         .key(keys.failures())
         .key(keys.replies())
         .key(keys.replies_due())
-        .key(keys.users_blocked())
-        .key(keys.pause_bot());
+        .key(keys.users_blocked());
     inv.arg(keys::DONE_TTL_SECS)
         .arg(crate::envelope::now_ms())
         .arg(keys::GROUP)
