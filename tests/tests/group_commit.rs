@@ -31,6 +31,19 @@ fn update(update_id: i64, chat: i64) -> Vec<u8> {
     .unwrap()
 }
 
+/// One send a second for the whole bot, with `tolerance_us` of burst; no
+/// chat limit.
+fn one_a_second(chat_id: i64, tolerance_us: u64) -> Budget {
+    Budget {
+        paid: false,
+        chat_id,
+        interval_us: 1_000_000,
+        tolerance_us,
+        chat_interval_us: 0,
+        chat_tolerance_us: 0,
+    }
+}
+
 async fn redis_conn(redis: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis.url())
         .unwrap()
@@ -190,14 +203,7 @@ async fn sends_budgeted_together_get_exactly_the_burst() {
     };
     let store = Arc::new(RedisStore::open(&redis.url(), Keys::default()).unwrap());
     // One send a second, a burst of five: of 25 asking at once, five go.
-    let budget = Budget {
-        paid: false,
-        chat_id: 7,
-        interval_us: 1_000_000,
-        tolerance_us: 4_000_000,
-        chat_interval_us: 0,
-        chat_tolerance_us: 0,
-    };
+    let budget = one_a_second(7, 4_000_000);
     let asks = (0..25).map(|_| {
         let store = store.clone();
         tokio::spawn(async move { store.admit(budget).await.unwrap() })
@@ -255,14 +261,7 @@ async fn ends_and_sends_together_each_get_their_own_answer() {
         .await
         .unwrap();
     assert_eq!(read.entries.len(), 30);
-    let budget = Budget {
-        paid: false,
-        chat_id: 7,
-        interval_us: 1_000_000,
-        tolerance_us: 4_000_000,
-        chat_interval_us: 0,
-        chat_tolerance_us: 0,
-    };
+    let budget = one_a_second(7, 4_000_000);
     let finishes = read.entries.iter().cloned().map(|e: Entry| {
         let store = store.clone();
         tokio::spawn(async move {
@@ -323,14 +322,7 @@ async fn sends_of_a_sharded_layout_are_budgeted_apart() {
     };
     let target = shared::redis_conn::Target::single(&redis.url());
     let store = Arc::new(RedisStore::open_target(&target, Keys::default(), layout).unwrap());
-    let budget = Budget {
-        paid: false,
-        chat_id: -5,
-        interval_us: 1_000_000,
-        tolerance_us: 0,
-        chat_interval_us: 0,
-        chat_tolerance_us: 0,
-    };
+    let budget = one_a_second(-5, 0);
     let asks = (0..4).map(|_| {
         let store = store.clone();
         tokio::spawn(async move { store.admit(budget).await.unwrap() })
@@ -427,14 +419,7 @@ async fn a_finish_asks_the_budget_for_its_reply_in_the_same_call() {
         .read_new("w", Lane::Ordinary, 0, 10, 100)
         .await
         .unwrap();
-    let budget = Budget {
-        paid: false,
-        chat_id: 41,
-        interval_us: 1_000_000,
-        tolerance_us: 0,
-        chat_interval_us: 0,
-        chat_tolerance_us: 0,
-    };
+    let budget = one_a_second(41, 0);
     let kept = Completion {
         reply: Some("{\"text\":\"hi\"}"),
         reply_lease_until_ms: i64::MAX / 2,

@@ -82,34 +82,64 @@ impl Batches {
         keys: &Keys,
         item: EndItem,
     ) -> StoreResult<(bool, Option<String>)> {
-        match self.in_ends(conn, keys, item).await? {
-            EndAnswer::Ended { fresh, head } => Ok((fresh, head)),
-            _ => Err(StoreError::Batch("an end got another kind's answer")),
-        }
+        self.ask(
+            conn,
+            keys,
+            item,
+            "an end got another kind's answer",
+            |a| match a {
+                EndAnswer::Ended { fresh, head } => Some((fresh, head)),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// Asks whether an update (of the bot's home) is handled, in the next
     /// batch.
     pub(super) async fn done(&self, conn: &Conn, keys: &Keys, item: EndItem) -> StoreResult<bool> {
-        match self.in_ends(conn, keys, item).await? {
-            EndAnswer::Done(d) => Ok(d),
-            _ => Err(StoreError::Batch(
-                "a dedupe check got another kind's answer",
-            )),
-        }
+        self.ask(
+            conn,
+            keys,
+            item,
+            "a dedupe check got another kind's answer",
+            |a| match a {
+                EndAnswer::Done(d) => Some(d),
+                _ => None,
+            },
+        )
+        .await
     }
 
     /// Asks a chat's head (of the bot's home) in the next batch, so the
     /// park pass's question rides with the ends that moved the heads.
     pub(super) async fn head(&self, conn: &Conn, keys: &Keys, item: EndItem) -> StoreResult<Head> {
-        match self.in_ends(conn, keys, item).await? {
-            EndAnswer::Head(h) => Ok(h),
-            _ => Err(StoreError::Batch("a head got another kind's answer")),
-        }
+        self.ask(
+            conn,
+            keys,
+            item,
+            "a head got another kind's answer",
+            |a| match a {
+                EndAnswer::Head(h) => Some(h),
+                _ => None,
+            },
+        )
+        .await
     }
 
-    async fn in_ends(&self, conn: &Conn, keys: &Keys, item: EndItem) -> StoreResult<EndAnswer> {
-        self.ends
+    /// Puts an item in the next `end_many` batch and takes its answer,
+    /// which must be of the item's kind (`pick`); another kind is a bug in
+    /// the batch's bookkeeping, reported as `what`.
+    async fn ask<T>(
+        &self,
+        conn: &Conn,
+        keys: &Keys,
+        item: EndItem,
+        what: &'static str,
+        pick: impl FnOnce(EndAnswer) -> Option<T>,
+    ) -> StoreResult<T> {
+        let answer = self
+            .ends
             .call(item, || {
                 let (conn, keys) = (conn.clone(), keys.clone());
                 run_with(move |items| {
@@ -117,7 +147,8 @@ impl Batches {
                     async move { bounded(end_many::end_many(&mut c, &keys, items)).await }
                 })
             })
-            .await
+            .await?;
+        pick(answer).ok_or(StoreError::Batch(what))
     }
 
     /// Asks the send budget in the next batch: (why, µs to wait). With
@@ -130,13 +161,19 @@ impl Batches {
         item: AdmitItem,
     ) -> StoreResult<(i64, i64)> {
         if keys.shards() == 1 {
-            return match self
-                .in_ends(conn, keys, end_many::admit(keys, item))
-                .await?
-            {
-                EndAnswer::Admit { why, wait_us } => Ok((why, wait_us)),
-                _ => Err(StoreError::Batch("a send got another kind's answer")),
-            };
+            let item = end_many::admit(keys, item);
+            return self
+                .ask(
+                    conn,
+                    keys,
+                    item,
+                    "a send got another kind's answer",
+                    |a| match a {
+                        EndAnswer::Admit { why, wait_us } => Some((why, wait_us)),
+                        _ => None,
+                    },
+                )
+                .await;
         }
         self.admits
             .call(item, || {

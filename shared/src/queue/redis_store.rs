@@ -494,20 +494,20 @@ impl Delivery for RedisStore {
         first_send: Option<Budget>,
     ) -> StoreFuture<'a, (bool, Option<String>, Option<Admit>)> {
         let together = self.keys.shards() == 1 && end_many::batches(&entry.id);
-        match first_send.filter(|_| together) {
-            Some(budget) => async move {
-                let ask = self.admit(budget);
-                let (ended, admitted) = futures::future::join(self.finish(entry, done), ask).await;
-                let (fresh, head) = ended?;
-                Ok((fresh, head, admitted.ok()))
-            }
-            .boxed(),
-            None => async move {
-                let (fresh, head) = self.finish(entry, done).await?;
-                Ok((fresh, head, None))
-            }
-            .boxed(),
+        let first_send = first_send.filter(|_| together);
+        async move {
+            let (ended, admitted) = match first_send {
+                Some(budget) => {
+                    let (ended, admitted) =
+                        futures::future::join(self.finish(entry, done), self.admit(budget)).await;
+                    (ended, admitted.ok())
+                }
+                None => (self.finish(entry, done).await, None),
+            };
+            let (fresh, head) = ended?;
+            Ok((fresh, head, admitted))
         }
+        .boxed()
     }
 
     fn reply_sent<'a>(
