@@ -1,8 +1,8 @@
 //! The embedded queue keeps the store contract.
 
 use super::*;
-use crate::envelope::probe;
-use crate::queue::Lane;
+use crate::envelope::{probe, Enqueued, Probe};
+use crate::queue::{Completion, ConsumerGroup, DeadLetterRequest, Delivery, Head, Intake, Lane};
 
 fn update(id: i64, chat: i64) -> (Probe, Vec<u8>) {
     let raw =
