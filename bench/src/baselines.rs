@@ -8,9 +8,16 @@
 //! - inline: reads the body, answers 200 and, in a spawned task, POSTs a
 //!   sendMessage to the Bot API (reqwest, pooled keep-alive). No queue: the
 //!   end-to-end ceiling of this machine without Redis.
+//! - consumer: with `xadd` in front, the floor of any design that stores
+//!   the update before answering and replies from another process: reads
+//!   the stream through a consumer group (`XREADGROUP`, batches of up to
+//!   256 on a connection of its own), sends each reply as `inline` does,
+//!   then acknowledges and deletes the batch in one pipeline. No dedupe, no
+//!   chat order, no user directory, no kept reply, no send budget.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -21,6 +28,9 @@ use serde::Deserialize;
 
 /// The webhook paths the ingress serves, so the same load hits them.
 const PATHS: [&str; 2] = ["/telegram/webhook/", "/telegram/webhook"];
+
+/// The stream the `xadd` baseline writes and the `consumer` reads.
+const STREAM: &str = "bench:stream";
 
 async fn serve(port: u16, app: Router) -> anyhow::Result<()> {
     let app = app.route("/readyz", get(|| async { "ready\n" }));
@@ -50,7 +60,7 @@ pub async fn xadd(port: u16, redis_url: &str) -> anyhow::Result<()> {
     ) -> StatusCode {
         let mut conn = conn.clone();
         let r: redis::RedisResult<String> = redis::cmd("XADD")
-            .arg("bench:stream")
+            .arg(STREAM)
             .arg("*")
             .arg("update")
             .arg(&body[..])
@@ -99,20 +109,7 @@ pub async fn inline(port: u16, api_url: &str, token: &str) -> anyhow::Result<()>
             return StatusCode::OK;
         };
         let chat = m.chat.id;
-        tokio::spawn(async move {
-            let params = serde_json::json!({
-                "chat_id": chat,
-                "text": "Hello! This is the inline baseline: no queue, no Redis.",
-            });
-            for _ in 0..3 {
-                if let Ok(r) = st.http.post(&st.send_url).json(&params).send().await {
-                    if r.status().is_success() {
-                        let _ = r.bytes().await;
-                        return;
-                    }
-                }
-            }
-        });
+        tokio::spawn(async move { reply(&st.http, &st.send_url, chat).await });
         StatusCode::OK
     }
     let mut app = Router::new();
@@ -120,4 +117,100 @@ pub async fn inline(port: u16, api_url: &str, token: &str) -> anyhow::Result<()>
         app = app.route(p, post(handler));
     }
     serve(port, app.with_state(st)).await
+}
+
+/// The sendMessage of the inline baseline and of the consumer, with up to
+/// three tries.
+async fn reply(http: &reqwest::Client, send_url: &str, chat: i64) {
+    let params = serde_json::json!({
+        "chat_id": chat,
+        "text": "Hello! This is a baseline: no dedupe, no order, no directory.",
+    });
+    for _ in 0..3 {
+        if let Ok(r) = http.post(send_url).json(&params).send().await {
+            if r.status().is_success() {
+                let _ = r.bytes().await;
+                return;
+            }
+        }
+    }
+}
+
+pub async fn consumer(api_url: &str, redis_url: &str, token: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(redis_url)?;
+    // A blocked read holds its connection, past the default response
+    // timeout: a connection of its own, without one.
+    let cfg = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut read = client
+        .get_multiplexed_async_connection_with_config(&cfg)
+        .await?;
+    let mut ack = client.get_multiplexed_async_connection().await?;
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(STREAM)
+        .arg("floor")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut read)
+        .await;
+    if let Err(e) = created {
+        if e.code() != Some("BUSYGROUP") {
+            return Err(e.into());
+        }
+    }
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let send_url = format!("{}/bot{token}/sendMessage", api_url.trim_end_matches('/'));
+    println!("floor consumer reading");
+    loop {
+        let batch: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("floor")
+            .arg("c")
+            .arg("COUNT")
+            .arg(256)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(STREAM)
+            .arg(">")
+            .query_async(&mut read)
+            .await?;
+        let Some(key) = batch.keys.into_iter().next() else {
+            continue;
+        };
+        let mut ids = Vec::with_capacity(key.ids.len());
+        let mut sends = Vec::with_capacity(key.ids.len());
+        for e in key.ids {
+            let body: Option<Vec<u8>> = e.get("update");
+            let chat = body
+                .and_then(|b| serde_json::from_slice::<Upd>(&b).ok())
+                .and_then(|u| u.message)
+                .map(|m| m.chat.id);
+            if let Some(chat) = chat {
+                let (http, url) = (http.clone(), send_url.clone());
+                sends.push(tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_secs(30), reply(&http, &url, chat)).await
+                }));
+            }
+            ids.push(e.id);
+        }
+        for s in sends {
+            let _ = s.await;
+        }
+        let _: () = redis::pipe()
+            .cmd("XACK")
+            .arg(STREAM)
+            .arg("floor")
+            .arg(&ids)
+            .ignore()
+            .cmd("XDEL")
+            .arg(STREAM)
+            .arg(&ids)
+            .ignore()
+            .query_async(&mut ack)
+            .await?;
+    }
 }

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use super::{chats_per_shard, shard_stream, Section, Setup, ShardRuns, WORKERS};
 use crate::bodies::Bodies;
-use crate::{kind_name, ms, pct, Fake, Settings};
+use crate::cli::Settings;
+use crate::fake::{kind_name, Fake};
+use crate::report::{ms, pct};
 
 const TITLE: &str = "## 5. Redis Cluster: 3 masters, QUEUE_SHARDS=1 and 3";
 
