@@ -44,35 +44,35 @@ local ttl, now, group, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local items, sends = {}, {}
 local pause_bot
 local a, k = 5, 8
+-- Each item's table is built by one constructor: Lua sizes it once,
+-- where adding the fields one by one would regrow it several times.
 for i = 1, n do
-  local it = { kind = ARGV[a] }
-  if it.kind == 'a' then
+  local kind = ARGV[a]
+  if kind == 'a' then
     pause_bot = KEYS[k]
     sends[#sends + 1] = { KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4] }
-    it.send = #sends
+    items[i] = { kind = kind, send = #sends }
     a, k = a + 5, k + 4
-  elseif it.kind == 'h' then
-    it.order, it.done, it.bit = KEYS[k], KEYS[k + 1], ARGV[a + 1]
+  elseif kind == 'h' then
+    items[i] = { kind = kind, order = KEYS[k], done = KEYS[k + 1], bit = ARGV[a + 1] }
     a, k = a + 2, k + 2
-  elseif it.kind == 'd' then
-    it.done, it.bit = KEYS[k], ARGV[a + 1]
+  elseif kind == 'd' then
+    items[i] = { kind = kind, done = KEYS[k], bit = ARGV[a + 1] }
     a, k = a + 2, k + 1
-  elseif it.kind == 'f' then
-    it.id, it.okey = ARGV[a + 1], ARGV[a + 2]
-    it.bit, it.reply, it.lease = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-    it.uid, it.w = ARGV[a + 6], a + 7
+  elseif kind == 'f' then
     local nw = tonumber(ARGV[a + 12])
-    it.nw, it.wa = nw, a + 13
+    items[i] = {
+      kind = kind, id = ARGV[a + 1], okey = ARGV[a + 2], bit = ARGV[a + 3],
+      reply = ARGV[a + 4], lease = ARGV[a + 5], uid = ARGV[a + 6], w = a + 7,
+      nw = nw, wa = a + 13,
+      done = KEYS[k], user = KEYS[k + 1], stream = KEYS[k + 2], order = KEYS[k + 3], wk = k + 4,
+    }
     a = a + 13 + 3 * nw
-    it.done, it.user, it.stream, it.order, it.wk = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], k + 4
     k = k + 4 + nw
   else
-    it.id, it.okey = ARGV[a + 1], ARGV[a + 2]
-    a = a + 3
-    it.order = KEYS[k]
-    k = k + 1
+    items[i] = { kind = kind, id = ARGV[a + 1], okey = ARGV[a + 2], order = KEYS[k] }
+    a, k = a + 3, k + 1
   end
-  items[i] = it
 end
 
 -- 1. Deletions.
@@ -81,7 +81,9 @@ for i = 1, n do
   local it = items[i]
   if it.kind == 'f' or it.kind == 's' then failed[#failed + 1] = it.id end
   if it.kind == 'f' then
-    local sid = string.match(it.id, "(%d+%-%d+)$") or it.id
+    -- A plain id is the stream id; a tagged one (fast lane) loses its tag.
+    local sid, b = it.id, string.byte(it.id, 1)
+    if b < 48 or b > 57 then sid = string.match(sid, "(%d+%-%d+)$") or sid end
     local l = acks[it.stream]
     if not l then
       l = {}
@@ -121,9 +123,14 @@ for i = 1, n do
       if it.uid ~= '' then
         local w = it.w
         redis.call('HSETNX', it.user, 'first_seen', now)
-        redis.call('HSET', it.user, 'last_seen', now, 'first_name', ARGV[w], 'username', ARGV[w + 1], 'language_code', ARGV[w + 2])
+        if ARGV[w + 4] ~= '' then
+          redis.call('HSET', it.user, 'last_seen', now, 'first_name', ARGV[w], 'username', ARGV[w + 1],
+            'language_code', ARGV[w + 2], 'start_payload', ARGV[w + 4])
+        else
+          redis.call('HSET', it.user, 'last_seen', now, 'first_name', ARGV[w], 'username', ARGV[w + 1],
+            'language_code', ARGV[w + 2])
+        end
         if ARGV[w + 3] == '1' then redis.call('HINCRBY', it.user, 'messages', 1) end
-        if ARGV[w + 4] ~= '' then redis.call('HSET', it.user, 'start_payload', ARGV[w + 4]) end
         first[#first + 1] = now
         first[#first + 1] = it.uid
         last[#last + 1] = now

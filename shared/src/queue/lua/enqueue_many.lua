@@ -11,9 +11,10 @@
 -- args, then the entry's `field value ...` list, written as given (its
 -- layout is defined once, in envelope.rs `NewEntry`).
 -- An entry its conversation's list was empty for is written with one more
--- field, `first` = 1: it is its chat's head from now until it ends (a
--- head leaves the list only by ending), so the worker that reads it first
--- can run it without asking for the head.
+-- field, `first` = 1 (ahead of the others; readers go by name): it is
+-- its chat's head from now until it ends (a head leaves the list only by
+-- ending), so the worker that reads it first can run it without asking
+-- for the head.
 -- Returns per item the new entry's stream id, or '' for a duplicate.
 local ttl = ARGV[1]
 local out = {}
@@ -29,12 +30,13 @@ for i = 1, #KEYS / 3 do
       expiring[seen] = true
     end
     if ARGV[a + 1] ~= '' then
-      local fields = { unpack(ARGV, a + 4, a + 3 + nf) }
+      -- The flag goes in front: the fields are then passed straight from
+      -- ARGV, never copied into a table first.
       if redis.call('LLEN', order) == 0 then
-        fields[#fields + 1] = 'first'
-        fields[#fields + 1] = '1'
+        id = redis.call('XADD', stream, '*', 'first', '1', unpack(ARGV, a + 4, a + 3 + nf))
+      else
+        id = redis.call('XADD', stream, '*', unpack(ARGV, a + 4, a + 3 + nf))
       end
-      id = redis.call('XADD', stream, '*', unpack(fields))
       redis.call('RPUSH', order, ARGV[a + 2] .. id)
     else
       id = redis.call('XADD', stream, '*', unpack(ARGV, a + 4, a + 3 + nf))
