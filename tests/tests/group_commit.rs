@@ -530,3 +530,65 @@ async fn updates_stored_first_in_their_chat_are_marked() {
     assert_eq!(last.entries[0].update_id, 5);
     assert!(last.entries[0].first_in_chat);
 }
+
+/// A send under a per-chat limit of one a second and nothing else.
+fn chat_limited(chat_id: i64) -> Budget {
+    Budget {
+        paid: false,
+        chat_id,
+        interval_us: 0,
+        tolerance_us: 0,
+        chat_interval_us: 1_000_000,
+        chat_tolerance_us: 0,
+    }
+}
+
+/// A chat paused by Telegram's 429 waits out what is left of the pause -
+/// read in the same step as the chat's own rate - also when an earlier
+/// version wrote the pause (value `1`, only a time to live); another chat
+/// goes on, and a pause whose end has passed holds nothing back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_pause_holds_whichever_version_wrote_it() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let keys = Keys::default();
+    let store = RedisStore::open(&redis.url(), keys.clone()).unwrap();
+    let paused = |a: Admit, max_us: u64| matches!(a, Admit::ChatPaused(us) if us > max_us - 2_000_000 && us <= max_us);
+
+    store
+        .rate_limited(7, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let a = store.admit(chat_limited(7)).await.unwrap();
+    assert!(paused(a, 30_000_000), "{a:?}");
+    let a = store.admit(chat_limited(8)).await.unwrap();
+    assert!(matches!(a, Admit::Go), "{a:?}");
+
+    let mut c = redis_conn(&redis).await;
+    let _: () = redis::cmd("SET")
+        .arg(keys.pause_chat(9))
+        .arg("1")
+        .arg("PX")
+        .arg(20_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let a = store.admit(chat_limited(9)).await.unwrap();
+    assert!(paused(a, 20_000_000), "an earlier version's pause: {a:?}");
+
+    // Ended long ago, the key not yet expired: no pause; the send is
+    // booked, so the chat's next one waits for its rate.
+    let _: () = redis::cmd("SET")
+        .arg(keys.pause_chat(10))
+        .arg("1000")
+        .arg("PX")
+        .arg(20_000)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let a = store.admit(chat_limited(10)).await.unwrap();
+    assert!(matches!(a, Admit::Go), "{a:?}");
+    let a = store.admit(chat_limited(10)).await.unwrap();
+    assert!(matches!(a, Admit::Rate(_)), "{a:?}");
+}

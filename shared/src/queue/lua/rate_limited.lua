@@ -13,8 +13,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local retry, window = tonumber(ARGV[2]), tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+-- A pause key holds when it ends (ms): the budget reads a chat's pause in
+-- the same MGET as the chat's timestamp (parts/budget.lua).
 local function pause(key, ms)
-  if redis.call('PTTL', key) < ms then redis.call('SET', key, '1', 'PX', ms) end
+  if redis.call('PTTL', key) < ms then
+    redis.call('SET', key, string.format('%d', now + ms), 'PX', ms)
+  end
 end
 pause(KEYS[3], retry)
 redis.call('ZADD', KEYS[1], now, ARGV[1] .. '|' .. ARGV[2])

@@ -6,6 +6,9 @@
 -- the list count for later sends, exactly as if they had come one by one.
 -- GCRA: one timestamp per key, no per-request bookkeeping. A pause is a
 -- key with a time to live (rate_limited.lua sets it); it books nothing.
+-- A chat's pause holds its end (ms, Redis's clock), so it is read in one
+-- MGET with the chat's timestamp; a pause written by an earlier version
+-- holds '1' and is read by its time to live.
 --
 -- A send: {pool (global or paid), its chat's timestamp, its chat's pause,
 -- global interval µs, global tolerance µs, chat interval µs (0 = no chat
@@ -20,8 +23,26 @@
 local function admit_sends(pause_bot, sends)
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local now_ms = math.floor(now / 1000)
   local pb = redis.call('PTTL', pause_bot)
   local tats, dirty = {}, {}
+  -- Milliseconds of pause left, from the pause key's value.
+  local function pause_left(key, v)
+    if not v then return 0 end
+    local ends = tonumber(v)
+    if ends and ends > 1 then return ends - now_ms end
+    return redis.call('PTTL', key)
+  end
+  -- The chat's pause, and (with a chat limit) its timestamp in the same
+  -- read the first time the batch meets the chat.
+  local function chat_pause(cpause, chat, limited)
+    if limited and tats[chat] == nil then
+      local v = redis.call('MGET', cpause, chat)
+      tats[chat] = tonumber(v[2] or '0')
+      return pause_left(cpause, v[1])
+    end
+    return pause_left(cpause, redis.call('GET', cpause))
+  end
   local function tat_of(key)
     local v = tats[key]
     if v == nil then
@@ -46,7 +67,7 @@ local function admit_sends(pause_bot, sends)
     if pb > 0 then
       why, wait = 2, pb * 1000
     else
-      local pc = redis.call('PTTL', cpause)
+      local pc = chat_pause(cpause, chat, ci > 0)
       if pc > 0 then
         why, wait = 3, pc * 1000
       elseif gi > 0 or ci > 0 then
