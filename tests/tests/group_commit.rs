@@ -13,8 +13,8 @@ use serde_json::json;
 use shared::envelope::{probe, Enqueued, Entry};
 use shared::keys::Keys;
 use shared::queue::{
-    Admit, Budget, Completion, ConsumerGroup, Delivery, Intake, Lane, RedisLayout, RedisStore,
-    SendBudget,
+    Admit, Budget, Completion, ConsumerGroup, Delivery, Directory, Intake, Lane, RedisLayout,
+    RedisStore, SendBudget,
 };
 
 const T: Duration = Duration::from_secs(20);
@@ -591,4 +591,70 @@ async fn a_chat_pause_holds_whichever_version_wrote_it() {
     assert!(matches!(a, Admit::Go), "{a:?}");
     let a = store.admit(chat_limited(10)).await.unwrap();
     assert!(matches!(a, Admit::Rate(_)), "{a:?}");
+}
+
+/// The user record ended with an update: first_seen is set by the first
+/// and kept by every later one (also one that brings a field the record
+/// did not have yet, a /start payload), names and last_seen follow the
+/// latest, messages count every message - one user's updates in one batch
+/// or in batches of their own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_users_record_keeps_its_first_seen_and_follows_the_latest() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let store = Arc::new(RedisStore::open(&redis.url(), Keys::default()).unwrap());
+    for id in 1..=4 {
+        let raw = update(id, 77);
+        store
+            .enqueue(&probe(&raw).unwrap(), Lane::Ordinary, &raw)
+            .await
+            .unwrap();
+    }
+    store.join_group("w").await.unwrap();
+    let read = store
+        .read_new("w", Lane::Ordinary, 0, 10, 100)
+        .await
+        .unwrap();
+    assert_eq!(read.entries.len(), 4);
+    let touch = |name: &str, payload: &str, is_message: bool| shared::queue::UserTouch {
+        id: 77,
+        first_name: name.to_owned(),
+        username: "ann".to_owned(),
+        language_code: "en".to_owned(),
+        is_message,
+        start_payload: payload.to_owned(),
+    };
+    let ends = [
+        touch("Ann", "", true),
+        touch("Anna", "ref_1", true),
+        touch("Anna", "", false),
+        touch("Anna", "ref_2", true),
+    ];
+    let finish = |i: usize| {
+        let store = store.clone();
+        let entry = read.entries[i].clone();
+        let user = ends[i].clone();
+        async move {
+            let done = Completion {
+                user: Some(&user),
+                ..Completion::default()
+            };
+            store.finish(&entry, done).await.unwrap();
+        }
+    };
+    finish(0).await;
+    let first = store.user(77).await.unwrap().expect("recorded");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The rest together (one batch, or as the batches fall).
+    futures::future::join_all((1..4).map(finish)).await;
+    let rec = store.user(77).await.unwrap().expect("recorded");
+    assert_eq!(rec.first_seen, first.first_seen, "first_seen set once");
+    assert!(rec.last_seen > first.first_seen, "{rec:?}");
+    assert_eq!(rec.first_name, "Anna");
+    assert!(rec
+        .start_payload
+        .as_deref()
+        .is_some_and(|p| p.starts_with("ref_")));
+    assert_eq!(rec.messages, 3);
 }

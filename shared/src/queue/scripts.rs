@@ -51,9 +51,9 @@ pub struct Scripts {
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     enqueue_many: Script::new(include_str!("lua/enqueue_many.lua")),
-    finish: Script::new(include_str!("lua/finish.lua")),
-    end_many: with_budget(include_str!("lua/end_many.lua")),
-    apply: Script::new(include_str!("lua/apply.lua")),
+    finish: with_parts(&[USER], include_str!("lua/finish.lua")),
+    end_many: with_parts(&[BUDGET, USER], include_str!("lua/end_many.lua")),
+    apply: with_parts(&[USER], include_str!("lua/apply.lua")),
     dead_letter: Script::new(include_str!("lua/dead_letter.lua")),
     reply_sent: Script::new(include_str!("lua/reply_sent.lua")),
     orphan_replies: Script::new(include_str!("lua/orphan_replies.lua")),
@@ -61,7 +61,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     heal_head: Script::new(include_str!("lua/heal_head.lua")),
     lease: Script::new(include_str!("lua/lease.lua")),
     release: Script::new(include_str!("lua/release.lua")),
-    admit_many: with_budget(include_str!("lua/admit_many.lua")),
+    admit_many: with_parts(&[BUDGET], include_str!("lua/admit_many.lua")),
     rate_limited: Script::new(include_str!("lua/rate_limited.lua")),
     delay_reply: Script::new(include_str!("lua/delay_reply.lua")),
     outbox_put: Script::new(include_str!("lua/outbox_put.lua")),
@@ -72,10 +72,17 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     replay_dead: Script::new(include_str!("lua/replay_dead.lua")),
 });
 
-/// A script that budgets sends: the budget's Lua (`lua/parts/budget.lua`)
-/// above the script's own, so both scripts that budget run one copy of it.
-fn with_budget(script: &str) -> Script {
-    Script::new(&[include_str!("lua/parts/budget.lua"), script].concat())
+/// The send budget (`admit_sends`), for the scripts that budget sends.
+const BUDGET: &str = include_str!("lua/parts/budget.lua");
+/// A user's directory record (`record_user`), for the scripts that finish.
+const USER: &str = include_str!("lua/parts/user.lua");
+
+/// A script with the parts it uses above its own Lua: each part is written
+/// once, every script that needs it runs the same copy.
+fn with_parts(parts: &[&str], script: &str) -> Script {
+    let mut all = parts.concat();
+    all.push_str(script);
+    Script::new(&all)
 }
 
 /// The scripts, hashed once per process: invoking one sends its SHA

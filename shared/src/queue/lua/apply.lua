@@ -13,10 +13,7 @@
 if redis.call('SETBIT', KEYS[1], ARGV[9], 1) == 1 then return 0 end
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if ARGV[3] ~= '' then
-  redis.call('HSETNX', KEYS[2], 'first_seen', ARGV[2])
-  redis.call('HSET', KEYS[2], 'last_seen', ARGV[2], 'first_name', ARGV[4], 'username', ARGV[5], 'language_code', ARGV[6])
-  if ARGV[7] == '1' then redis.call('HINCRBY', KEYS[2], 'messages', 1) end
-  if ARGV[8] ~= '' then redis.call('HSET', KEYS[2], 'start_payload', ARGV[8]) end
+  record_user(KEYS[2], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
   redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[3])
   redis.call('ZADD', KEYS[4], ARGV[2], ARGV[3])
   redis.call('ZREM', KEYS[5], ARGV[3])

@@ -2,7 +2,8 @@
 -- completes and reply_sent.lua for a reply that went out, for every item
 -- of a batch, in order, atomically - and, when the send budget lives in
 -- the same home (one shard), the budget checks of the sends that came
--- meanwhile (parts/budget.lua, put above this by scripts.rs), so a
+-- meanwhile (parts/budget.lua, put above this by scripts.rs, as is the
+-- user record, parts/user.lua), so a
 -- worker's finishes, sent replies and sends share one call. A chat's head
 -- and whether an update is handled can be asked in the same call too (the
 -- park pass's and the dedupe check's questions). One call instead of one per entry is
@@ -122,15 +123,7 @@ for i = 1, n do
       handled = handled + 1
       if it.uid ~= '' then
         local w = it.w
-        redis.call('HSETNX', it.user, 'first_seen', now)
-        if ARGV[w + 4] ~= '' then
-          redis.call('HSET', it.user, 'last_seen', now, 'first_name', ARGV[w], 'username', ARGV[w + 1],
-            'language_code', ARGV[w + 2], 'start_payload', ARGV[w + 4])
-        else
-          redis.call('HSET', it.user, 'last_seen', now, 'first_name', ARGV[w], 'username', ARGV[w + 1],
-            'language_code', ARGV[w + 2])
-        end
-        if ARGV[w + 3] == '1' then redis.call('HINCRBY', it.user, 'messages', 1) end
+        record_user(it.user, now, ARGV[w], ARGV[w + 1], ARGV[w + 2], ARGV[w + 3], ARGV[w + 4])
         first[#first + 1] = now
         first[#first + 1] = it.uid
         last[#last + 1] = now
