@@ -360,8 +360,9 @@ impl Keys {
     }
 
     /// Pauses Telegram asked for (429 `retry_after`): the whole bot, or one
-    /// chat. Plain keys with a time to live: the pause is over when the key
-    /// is gone.
+    /// chat. Plain keys with a time to live, holding when the pause ends
+    /// (ms; `1` from earlier versions): the pause is over then, or when the
+    /// key is gone.
     pub fn pause_bot(&self) -> String {
         self.budget_name("pause:bot")
     }
