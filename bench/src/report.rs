@@ -38,6 +38,27 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+/// The header rows both reports share: the load generator, the updates
+/// (`sizes`: min, mean, max bytes) and the fake Bot API.
+pub(crate) fn load_rows(w: &mut String, s: &Settings, sizes: (usize, usize, usize)) {
+    let (bmin, bmean, bmax) = sizes;
+    let _ = writeln!(
+        w,
+        "| load generator | in the bench process: hyper HTTP/1.1 client, C = {} keep-alive connections, one request in flight each |",
+        s.connections
+    );
+    let _ = writeln!(
+        w,
+        "| updates | private-chat commands (/start 50%, /help 30%, /stats 20%) from {} users, unique `update_id`s, {bmin}-{bmax} bytes (mean {bmean}) |",
+        s.chats
+    );
+    let _ = writeln!(
+        w,
+        "| fake Bot API | {}, in the bench process |",
+        kind_name(s.fake)
+    );
+}
+
 pub(crate) fn pct(v: f64) -> String {
     format!("{:.0}%", v * 100.0)
 }
@@ -103,21 +124,7 @@ pub(crate) fn write(s: &Settings, env: &Env, o: Outcome) -> anyhow::Result<()> {
         env.redis_version,
         env.redis.port()
     );
-    let _ = writeln!(
-        w,
-        "| load generator | in the bench process: hyper HTTP/1.1 client, C = {} keep-alive connections, one request in flight each |",
-        s.connections
-    );
-    let _ = writeln!(
-        w,
-        "| updates | private-chat commands (/start 50%, /help 30%, /stats 20%) from {} users, unique `update_id`s, {bmin}-{bmax} bytes (mean {bmean}) |",
-        s.chats
-    );
-    let _ = writeln!(
-        w,
-        "| fake Bot API | {} , in the bench process |",
-        kind_name(s.fake)
-    );
+    load_rows(w, s, (bmin, bmean, bmax));
     let _ = writeln!(
         w,
         "| services | release binaries `target/release/{{ingress,worker}}`, RUST_LOG=info, webhook {WEBHOOK_URL}, TELEGRAM_SEND_RATE=0, WORKER_CONCURRENCY default |"

@@ -543,6 +543,19 @@ fn chat_limited(chat_id: i64) -> Budget {
     }
 }
 
+/// A chat pause of 20 s as a version wrote it: `value` is what the key
+/// holds.
+async fn pause_as_written(c: &mut redis::aio::MultiplexedConnection, key: &str, value: &str) {
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("PX")
+        .arg(20_000)
+        .query_async(c)
+        .await
+        .unwrap();
+}
+
 /// A chat paused by Telegram's 429 waits out what is left of the pause -
 /// read in the same step as the chat's own rate - also when an earlier
 /// version wrote the pause (value `1`, only a time to live); another chat
@@ -566,27 +579,13 @@ async fn a_chat_pause_holds_whichever_version_wrote_it() {
     assert!(matches!(a, Admit::Go), "{a:?}");
 
     let mut c = redis_conn(&redis).await;
-    let _: () = redis::cmd("SET")
-        .arg(keys.pause_chat(9))
-        .arg("1")
-        .arg("PX")
-        .arg(20_000)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    pause_as_written(&mut c, &keys.pause_chat(9), "1").await;
     let a = store.admit(chat_limited(9)).await.unwrap();
     assert!(paused(a, 20_000_000), "an earlier version's pause: {a:?}");
 
     // Ended long ago, the key not yet expired: no pause; the send is
     // booked, so the chat's next one waits for its rate.
-    let _: () = redis::cmd("SET")
-        .arg(keys.pause_chat(10))
-        .arg("1000")
-        .arg("PX")
-        .arg(20_000)
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    pause_as_written(&mut c, &keys.pause_chat(10), "1000").await;
     let a = store.admit(chat_limited(10)).await.unwrap();
     assert!(matches!(a, Admit::Go), "{a:?}");
     let a = store.admit(chat_limited(10)).await.unwrap();

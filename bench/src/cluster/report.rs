@@ -7,8 +7,8 @@ use std::time::Instant;
 use super::{chats_per_shard, shard_stream, Section, Setup, ShardRuns, WORKERS};
 use crate::bodies::Bodies;
 use crate::cli::Settings;
-use crate::fake::{kind_name, Fake};
-use crate::report::{ms, pct};
+use crate::fake::Fake;
+use crate::report::{load_rows, ms, pct};
 
 const TITLE: &str = "## 5. Redis Cluster: 3 masters, QUEUE_SHARDS=1 and 3";
 
@@ -226,7 +226,6 @@ pub fn alone(
             "> **quick run** (`--quick`: small N, short durations): for validating the benchmark; the numbers are noisy.\n"
         );
     }
-    let (bmin, bmean, bmax) = bodies.sizes();
     let _ = writeln!(w, "| | |\n|---|---|");
     let _ = writeln!(w, "| command | `{command}` |");
     let _ = writeln!(w, "| commit | {} |", crate::git_rev());
@@ -234,21 +233,7 @@ pub fn alone(
         w,
         "| machine | `nproc` = {nproc}, {model}, {memtotal} RAM; load average at start {load_start} |"
     );
-    let _ = writeln!(
-        w,
-        "| load generator | in the bench process: hyper HTTP/1.1 client, C = {} keep-alive connections, one request in flight each |",
-        s.connections
-    );
-    let _ = writeln!(
-        w,
-        "| updates | private-chat commands (/start 50%, /help 30%, /stats 20%) from {} users, unique `update_id`s, {bmin}-{bmax} bytes (mean {bmean}) |",
-        s.chats
-    );
-    let _ = writeln!(
-        w,
-        "| fake Bot API | {}, in the bench process |",
-        kind_name(s.fake)
-    );
+    load_rows(w, s, bodies.sizes());
     let _ = writeln!(
         w,
         "| services | release binaries `target/release/{{ingress,worker}}`, RUST_LOG=info, webhook {} |\n",
